@@ -1,0 +1,21 @@
+"""gpudl: a small deep-learning framework with readable, hand-written CUDA kernels.
+
+    import gpudl
+    gpudl.set_device("auto")           # "cpu", "cuda", or GPUDL_DEVICE
+    model = gpudl.Sequential([gpudl.layers.Dense(64, 32), gpudl.layers.ReLU(),
+                              gpudl.layers.Dense(32, 10)])
+    trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), gpudl.optim.SGD(0.1))
+    history = trainer.fit(x, y, epochs=10, batch_size=32)
+"""
+from . import data, layers, losses, optim
+from .backend import get_backend, get_device, gpu_available, set_device
+from .errors import DeviceError, GpudlError, ModelFileError, ShapeError
+from .layers import manual_seed
+from .model import Sequential, load
+from .train import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = ["set_device", "get_device", "get_backend", "gpu_available", "Sequential", "load",
+           "Trainer", "layers", "losses", "optim", "data", "manual_seed", "GpudlError",
+           "ShapeError", "DeviceError", "ModelFileError", "__version__"]

@@ -1,0 +1,137 @@
+"""The one backend interface every layer, loss and optimizer talks to.
+
+A backend owns its arrays (NumPy on the CPU, CuPy on a GPU, NumPy under the
+numba CUDA simulator) and one method per op. Layers call these methods and never
+branch on the device. The CPU backend is the reference: every CUDA kernel is
+tested against it.
+
+Conventions shared by all implementations:
+- 2-D activations are (batch, features), row-major and C-contiguous.
+- Ops return new arrays unless their name or docstring says "in place".
+- Losses return ``(loss, grad)`` where ``loss`` is a Python float (the mean
+  over the batch) and ``grad`` is d(loss)/d(prediction), already divided by
+  the batch size.
+"""
+from __future__ import annotations
+
+import abc
+
+
+class Backend(abc.ABC):
+    #: "cpu" or "cuda"
+    name: str = "?"
+    #: the array module used for allocation (numpy or cupy)
+    xp = None
+
+    # ---- memory -----------------------------------------------------------
+    @abc.abstractmethod
+    def asarray(self, x, dtype=None):
+        """Copy a host (NumPy) array, or an array of this backend, to this backend."""
+
+    @abc.abstractmethod
+    def to_numpy(self, x):
+        """Return a host NumPy copy of an array of this backend."""
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self):
+        """Wait until queued device work is done (a no-op on the CPU)."""
+
+    def device_name(self) -> str:
+        return self.name
+
+    # ---- linear algebra ---------------------------------------------------
+    @abc.abstractmethod
+    def matmul(self, a, b, trans_a=False, trans_b=False):
+        """op(a) @ op(b) for 2-D arrays, op(x) = x.T when its flag is set."""
+
+    @abc.abstractmethod
+    def add_bias(self, z, b):
+        """In place: z[n, j] += b[j] for z (N, F) and b (F,)."""
+
+    @abc.abstractmethod
+    def sum_rows(self, g):
+        """Sum over the batch axis: (N, F) -> (F,). The bias gradient."""
+
+    @abc.abstractmethod
+    def axpby(self, alpha, x, beta, y):
+        """alpha * x + beta * y, elementwise, same shapes."""
+
+    # ---- activations (forward takes the input; backward takes what it names)
+    @abc.abstractmethod
+    def relu(self, x): ...
+
+    @abc.abstractmethod
+    def relu_backward(self, x, grad):
+        """grad * (x > 0), x the forward input."""
+
+    @abc.abstractmethod
+    def sigmoid(self, x): ...
+
+    @abc.abstractmethod
+    def sigmoid_backward(self, y, grad):
+        """grad * y * (1 - y), y the forward output."""
+
+    @abc.abstractmethod
+    def tanh(self, x): ...
+
+    @abc.abstractmethod
+    def tanh_backward(self, y, grad):
+        """grad * (1 - y**2), y the forward output."""
+
+    @abc.abstractmethod
+    def step(self, x):
+        """The perceptron threshold: 1 where x >= 0, else 0."""
+
+    @abc.abstractmethod
+    def softmax(self, x):
+        """Row-wise softmax of (N, C), shifted by the row max for stability."""
+
+    @abc.abstractmethod
+    def softmax_backward(self, y, grad):
+        """Row-wise Jacobian-vector product: y * (grad - sum(grad * y, axis=1))."""
+
+    # ---- losses -----------------------------------------------------------
+    @abc.abstractmethod
+    def softmax_cross_entropy(self, logits, labels):
+        """Mean cross-entropy of softmax(logits) (N, C) against integer labels (N,).
+
+        Returns (loss, grad) with grad = (softmax(logits) - onehot(labels)) / N."""
+
+    @abc.abstractmethod
+    def mse(self, pred, target):
+        """Mean over all elements of (pred - target)**2; grad = 2 (pred - target) / size."""
+
+    @abc.abstractmethod
+    def binary_cross_entropy(self, pred, target, from_logits=False):
+        """Mean over all elements of -(t log p + (1 - t) log(1 - p)).
+
+        With from_logits, pred holds logits z and p = sigmoid(z), computed
+        stably as max(z, 0) - z t + log(1 + exp(-|z|)); grad = (p - t) / size.
+        Otherwise p is clipped to [eps, 1 - eps], eps = 1e-7, and
+        grad = (p - t) / (p (1 - p)) / size."""
+
+    # ---- optimizer --------------------------------------------------------
+    @abc.abstractmethod
+    def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
+                   nesterov=False, weight_decay=0.0):
+        """In place SGD step on ``param`` (and ``velocity`` when momentum > 0).
+
+        g = grad + weight_decay * param
+        v = momentum * v - lr * g                     (the notes' momentum)
+        param += v                  (plain momentum, or plain SGD when momentum = 0)
+        param += momentum * v - lr * g                 (nesterov)
+        ``velocity`` may be None when momentum == 0."""
+
+    # ---- data movement and metrics ---------------------------------------
+    @abc.abstractmethod
+    def take_rows(self, x, idx):
+        """Gather rows: x[idx] for x (N, ...) and an integer index array (M,)."""
+
+    @abc.abstractmethod
+    def argmax_rows(self, x):
+        """Index of the largest entry of each row of (N, C), as int64 (N,)."""

@@ -1,0 +1,121 @@
+"""NumPy backend: vectorised, and the reference every CUDA kernel is tested against."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend
+
+BCE_EPS = 1e-7
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+    xp = np
+
+    def asarray(self, x, dtype=None):
+        return np.array(x, dtype=dtype, copy=True, order="C")
+
+    def to_numpy(self, x):
+        return np.array(x, copy=True)
+
+    def device_name(self):
+        return "cpu (NumPy)"
+
+    # ---- linear algebra
+    def matmul(self, a, b, trans_a=False, trans_b=False):
+        a = a.T if trans_a else a
+        b = b.T if trans_b else b
+        return np.ascontiguousarray(a @ b)
+
+    def add_bias(self, z, b):
+        z += b
+
+    def sum_rows(self, g):
+        return g.sum(axis=0)
+
+    def axpby(self, alpha, x, beta, y):
+        return alpha * x + beta * y
+
+    # ---- activations
+    def relu(self, x):
+        return np.maximum(x, 0)
+
+    def relu_backward(self, x, grad):
+        return grad * (x > 0)
+
+    def sigmoid(self, x):
+        # Split by sign so exp never overflows.
+        out = np.empty_like(x)
+        pos = x >= 0
+        out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+        e = np.exp(x[~pos])
+        out[~pos] = e / (1.0 + e)
+        return out
+
+    def sigmoid_backward(self, y, grad):
+        return grad * y * (1 - y)
+
+    def tanh(self, x):
+        return np.tanh(x)
+
+    def tanh_backward(self, y, grad):
+        return grad * (1 - y * y)
+
+    def step(self, x):
+        return (x >= 0).astype(x.dtype)
+
+    def softmax(self, x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def softmax_backward(self, y, grad):
+        return y * (grad - (grad * y).sum(axis=1, keepdims=True))
+
+    # ---- losses
+    def softmax_cross_entropy(self, logits, labels):
+        n = logits.shape[0]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logsum = np.log(np.exp(shifted).sum(axis=1))
+        rows = np.arange(n)
+        loss = float(np.sum(logsum - shifted[rows, labels]) / n)
+        grad = np.exp(shifted - logsum[:, None])
+        grad[rows, labels] -= 1
+        grad /= n
+        return loss, grad
+
+    def mse(self, pred, target):
+        diff = pred - target
+        return float(np.sum(diff * diff) / diff.size), (2.0 / diff.size) * diff
+
+    def binary_cross_entropy(self, pred, target, from_logits=False):
+        size = pred.size
+        if from_logits:
+            z = pred
+            loss = np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z)))
+            grad = (self.sigmoid(z) - target) / size
+        else:
+            p = np.clip(pred, BCE_EPS, 1 - BCE_EPS)
+            loss = -(target * np.log(p) + (1 - target) * np.log1p(-p))
+            grad = (p - target) / (p * (1 - p)) / size
+        return float(np.sum(loss) / size), grad.astype(pred.dtype, copy=False)
+
+    # ---- optimizer
+    def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
+                   nesterov=False, weight_decay=0.0):
+        g = grad + weight_decay * param if weight_decay else grad
+        if momentum == 0.0:
+            param -= lr * g
+            return
+        velocity *= momentum
+        velocity -= lr * g
+        if nesterov:
+            param += momentum * velocity - lr * g
+        else:
+            param += velocity
+
+    # ---- data movement and metrics
+    def take_rows(self, x, idx):
+        return np.ascontiguousarray(x[idx])
+
+    def argmax_rows(self, x):
+        return x.argmax(axis=1).astype(np.int64)

@@ -1,0 +1,140 @@
+"""The gpudl command: ``gpudl train`` (the main job) and ``gpudl info``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__
+
+
+def _versions() -> dict:
+    from importlib import metadata
+    out = {}
+    for dist in ("numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "cupy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def cmd_info(args) -> int:
+    import gpudl
+    be = gpudl.set_device(args.device)
+    print(f"gpudl {__version__}")
+    print(f"device: {be.name} ({be.device_name()})")
+    if be.name == "cuda" and hasattr(be, "memory_info"):
+        free, total = be.memory_info()
+        print(f"gpu memory: {total / 2**30:.1f} GiB total, {free / 2**30:.1f} GiB free")
+    elif not gpudl.gpu_available():
+        print("gpu: none visible to CuPy")
+    for k, v in _versions().items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def build_mlp(hidden, in_features=64, classes=10, seed=None):
+    from .layers import Dense, ReLU
+    from .model import Sequential
+    layers, width = [], in_features
+    for i, h in enumerate(hidden):
+        layers += [Dense(width, h, seed=None if seed is None else seed + i), ReLU()]
+        width = h
+    layers.append(Dense(width, classes, seed=None if seed is None else seed + len(hidden)))
+    return Sequential(layers)
+
+
+def cmd_train(args) -> int:
+    import gpudl
+    from .data import load_digits
+    be = gpudl.set_device(args.device)
+    gpudl.manual_seed(args.seed)
+    (x_train, y_train), (x_test, y_test) = load_digits(test_fraction=0.2, seed=args.seed)
+    if args.limit:
+        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+    model = build_mlp(args.hidden, x_train.shape[1], 10)
+    print(f"gpudl {__version__} on {be.name} ({be.device_name()}); data set: digits, "
+          f"{len(x_train)} train / {len(x_test)} test samples")
+    model.summary()
+    trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(),
+                            gpudl.optim.SGD(args.lr, momentum=args.momentum))
+    t0 = time.perf_counter()
+    history = trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                          validation_data=(x_test, y_test), seed=args.seed,
+                          verbose=not args.quiet)
+    seconds = time.perf_counter() - t0
+    if args.quiet:
+        for e in range(len(history["loss"])):
+            print(f"epoch {e + 1}: " + ", ".join(f"{k}={v[e]:.4f}" for k, v in history.items()
+                                                   if k != "time"))
+    test = trainer.evaluate(x_test, y_test)
+    print(f"test accuracy: {test['accuracy']:.4f}  test loss: {test['loss']:.4f}  "
+          f"({seconds:.1f} s training)")
+    if args.save:
+        model.save(args.save)
+        print(f"saved model to {args.save}")
+    if args.metrics_out:
+        metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+                   "train_loss": history["loss"][-1], "train_accuracy": history["accuracy"][-1],
+                   "epochs": args.epochs, "seconds": seconds, "device": be.name,
+                   "device_name": be.device_name(), "seed": args.seed}
+        folder = os.path.dirname(os.path.abspath(args.metrics_out))
+        os.makedirs(folder, exist_ok=True)
+        with open(args.metrics_out, "w") as f:
+            json.dump(metrics, f, indent=2)
+    return 0
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpudl", description=__doc__)
+    p.add_argument("--version", action="version", version=f"gpudl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    device_default = os.environ.get("GPUDL_DEVICE", "auto")
+
+    info = sub.add_parser("info", help="print the chosen device and library versions")
+    info.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
+    info.set_defaults(run=cmd_info)
+
+    t = sub.add_parser("train", help="train the default network on the digits data set")
+    t.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
+    t.add_argument("--epochs", type=_positive(int), default=30)
+    t.add_argument("--batch-size", type=_positive(int), default=32)
+    t.add_argument("--lr", type=_positive(float), default=0.05)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--hidden", type=_positive(int), nargs="+", default=[256, 128],
+                   help="hidden layer widths (default: 256 128)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=_positive(int), default=None,
+                   help="use only the first N training samples (quick runs)")
+    t.add_argument("--save", default=os.path.join("runs", "digits-mlp.npz"),
+                   help="where to save the trained model ('' to skip)")
+    t.add_argument("--metrics-out", default=None, help="write final metrics as JSON here")
+    t.add_argument("--quiet", action="store_true", help="no progress bars; one line per epoch")
+    t.set_defaults(run=cmd_train)
+    return p
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    from .errors import GpudlError
+    try:
+        return args.run(args)
+    except GpudlError as e:
+        print(f"gpudl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

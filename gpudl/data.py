@@ -1,0 +1,62 @@
+"""Data sets that need no network at run time, and splitting helpers."""
+from __future__ import annotations
+
+import numpy as np
+
+GATES = {
+    "and": [0, 0, 0, 1],
+    "or": [0, 1, 1, 1],
+    "nand": [1, 1, 1, 0],
+    "xor": [0, 1, 1, 0],
+}
+
+
+def logic_gate(name: str):
+    """The truth table of a two-input gate: x (4, 2) float32 and y (4,) float32."""
+    key = name.lower()
+    if key not in GATES:
+        raise ValueError(f"logic_gate: unknown gate {name!r}; choose one of {sorted(GATES)}")
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+    return x, np.array(GATES[key], dtype=np.float32)
+
+
+def train_test_split(x, y, test_fraction=0.2, seed=0, stratify=True):
+    """Shuffle and split; with ``stratify`` each class keeps its share in both parts."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"train_test_split: test_fraction must be in (0, 1), got {test_fraction}")
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"train_test_split: x has {len(x)} samples, y has {len(y)}")
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(len(y))]
+    test = []
+    for g in groups:
+        g = rng.permutation(g)
+        test.append(g[:int(round(len(g) * test_fraction))])
+    test = np.sort(np.concatenate(test))
+    train = np.setdiff1d(np.arange(len(y)), test)
+    train = rng.permutation(train)
+    test = rng.permutation(test)
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def load_digits(test_fraction=0.2, seed=0, flatten=True):
+    """The 1,797 8x8 handwritten digits that scikit-learn ships (UCI optical
+    recognition data): pixels scaled to [0, 1], labels 0-9, a stratified split.
+
+    Returns ((x_train, y_train), (x_test, y_test)); x is (N, 64) float32, or
+    (N, 1, 8, 8) with ``flatten=False``."""
+    try:
+        from sklearn.datasets import load_digits as _sk_digits
+    except ImportError as e:
+        raise ImportError("the digits data set comes with scikit-learn: "
+                          "pip install 'gpudl[data]' (or scikit-learn)") from e
+    bunch = _sk_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    if not flatten:
+        x = x.reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    return train_test_split(x, y, test_fraction=test_fraction, seed=seed)
+
+
+DATASETS = {"digits": load_digits}

@@ -1,0 +1,17 @@
+"""Errors gpudl raises on bad input; each message names the argument or layer and the values."""
+
+
+class GpudlError(Exception):
+    """Base class of gpudl's own errors."""
+
+
+class ShapeError(GpudlError, ValueError):
+    """An array has the wrong shape for the layer, loss or call it was given to."""
+
+
+class DeviceError(GpudlError, RuntimeError):
+    """An unknown device was asked for, or the device asked for is not available."""
+
+
+class ModelFileError(GpudlError, OSError):
+    """A model file is missing, truncated or not a gpudl model."""

@@ -1,0 +1,78 @@
+"""Elementwise activations and softmax; each backward is the derivative it names."""
+from __future__ import annotations
+
+from .base import Layer
+
+
+class _Activation(Layer):
+    def flops(self, input_shape):
+        # one operation per element, the same order as the notes would count
+        n = 1
+        for d in input_shape:
+            n *= d
+        return n
+
+    def _need(self, saved):
+        if saved is None:
+            raise RuntimeError(f"layer '{self.name}': backward called before forward")
+        return saved
+
+
+class ReLU(_Activation):
+    def forward(self, x, training=False):
+        self._x = x
+        return self.backend.relu(x)
+
+    def backward(self, grad):
+        return self.backend.relu_backward(self._need(getattr(self, "_x", None)), grad)
+
+
+class Sigmoid(_Activation):
+    def forward(self, x, training=False):
+        self._y = self.backend.sigmoid(x)
+        return self._y
+
+    def backward(self, grad):
+        return self.backend.sigmoid_backward(self._need(getattr(self, "_y", None)), grad)
+
+
+class Tanh(_Activation):
+    def forward(self, x, training=False):
+        self._y = self.backend.tanh(x)
+        return self._y
+
+    def backward(self, grad):
+        return self.backend.tanh_backward(self._need(getattr(self, "_y", None)), grad)
+
+
+class Step(_Activation):
+    """The perceptron's threshold: 1 where x >= 0, else 0.
+
+    Its derivative is zero wherever it exists, so backward passes back zeros:
+    a network of steps cannot learn by backpropagation, which is why the
+    perceptron has its own rule (see Perceptron.fit)."""
+
+    def forward(self, x, training=False):
+        self._shape = x.shape
+        return self.backend.step(x)
+
+    def backward(self, grad):
+        return self.backend.axpby(0.0, grad, 0.0, grad)
+
+
+class Softmax(_Activation):
+    """Row-wise softmax over the last axis of (N, C).
+
+    Use it to read probabilities; for training, CrossEntropy takes the logits
+    directly (softmax and its log fused, which is both stabler and cheaper)."""
+
+    def forward(self, x, training=False):
+        if x.ndim != 2:
+            from ..errors import ShapeError
+            raise ShapeError(f"layer '{self.name}' (Softmax) expects (batch, classes), "
+                             f"got {tuple(x.shape)}")
+        self._y = self.backend.softmax(x)
+        return self._y
+
+    def backward(self, grad):
+        return self.backend.softmax_backward(self._need(getattr(self, "_y", None)), grad)

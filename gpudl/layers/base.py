@@ -1,0 +1,80 @@
+"""The Layer contract: forward and backward side by side, named params and grads."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_backend
+from ..errors import ShapeError
+
+_init_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that initialises new layers' weights (and nothing else)."""
+    global _init_rng
+    _init_rng = np.random.default_rng(seed)
+
+
+def init_rng(seed=None) -> np.random.Generator:
+    return np.random.default_rng(seed) if seed is not None else _init_rng
+
+
+class Layer:
+    """A layer owns ``params`` and ``grads`` (same keys) and the arrays it caches
+    in ``forward`` for ``backward``.
+
+    ``forward(x, training=False)`` returns the output; ``backward(grad)`` takes
+    d(loss)/d(output), fills ``grads`` and returns d(loss)/d(input). Shapes
+    handled by ``output_shape`` and ``flops`` are per sample (no batch axis).
+    """
+
+    #: parameter names that weight decay leaves alone
+    no_decay = frozenset()
+
+    def __init__(self, name: str | None = None):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.trainable = True
+        self.name = name or type(self).__name__.lower()
+        self.backend = get_backend()
+
+    # ---- the contract
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        return tuple(input_shape)
+
+    def flops(self, input_shape: tuple) -> int:
+        """Floating-point work per sample, counted as the course notes count it."""
+        return 0
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+    # ---- shared helpers
+    def num_params(self) -> int:
+        return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
+
+    def to(self, backend) -> "Layer":
+        """Move parameters (and gradients) to another backend."""
+        if backend is self.backend:
+            return self
+        for store in (self.params, self.grads):
+            for k, v in store.items():
+                store[k] = backend.asarray(self.backend.to_numpy(v))
+        self.backend = backend
+        return self
+
+    def _check_features(self, x, features: int, what: str = "features"):
+        if x.ndim != 2 or x.shape[1] != features:
+            raise ShapeError(
+                f"layer '{self.name}' ({type(self).__name__}) expects input of shape "
+                f"(batch, {features}) ({what}), got {tuple(x.shape)}")
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,139 @@
+"""Trainer: full-batch, mini-batch and online gradient descent with history."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .errors import ShapeError
+from .losses import Loss
+from .optim import Optimizer
+
+
+def _positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"fit: {name} must be a positive integer"
+                         f"{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+class Trainer:
+    """Couples a model, a loss and an optimizer.
+
+    ``fit(batch_size=None)`` is full-batch gradient descent, ``batch_size=1``
+    online SGD, anything between mini-batch SGD."""
+
+    def __init__(self, model, loss: Loss, optimizer: Optimizer):
+        if not isinstance(loss, Loss):
+            raise TypeError(f"Trainer: loss must be a gpudl.losses.Loss, got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"Trainer: optimizer must be a gpudl.optim.Optimizer, "
+                            f"got {type(optimizer).__name__}")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+
+    # ---- input checks, all before any work
+    def _prepare(self, x, y, what="x"):
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if x.ndim < 2:
+            raise ShapeError(f"{what}: expected a batch of shape (N, features...), got {x.shape}")
+        if x.shape[0] != y.shape[0]:
+            raise ShapeError(f"{what} has {x.shape[0]} samples but its targets have {y.shape[0]}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{what} is empty")
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{what}: expected numbers, got dtype {x.dtype}")
+        bad = ~np.isfinite(x) if x.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{what} contains {int(bad.sum())} NaN or infinite values "
+                             f"(first at index {first})")
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            raise ValueError(f"the targets of {what} contain NaN or infinite values")
+        out_shape = self.model.output_shape(x.shape[1:])
+        self.loss.check_targets(y, out_shape)
+        be = self.model.backend
+        return (be.asarray(x, dtype=self.model.dtype),
+                be.asarray(y, dtype=self.loss.target_dtype(self.model.dtype)), y)
+
+    # ---- training
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
+            seed=None, verbose=True):
+        """Train and return the history: a dict of per-epoch lists
+        (loss, accuracy when it applies, and val_ versions with validation_data)."""
+        epochs = _positive_int("epochs", epochs)
+        batch_size = _positive_int("batch_size", batch_size, allow_none=True)
+        xd, yd, y_host = self._prepare(x, y)
+        val = None
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            val = validation_data
+            self._prepare(*val, what="validation_data x")  # fail now, not after epoch 1
+        n = xd.shape[0]
+        bs = n if batch_size is None else min(batch_size, n)
+        rng = np.random.default_rng(seed)
+        be = self.model.backend
+        history: dict = {"loss": []}
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            total, correct = 0.0, 0
+            with tqdm(total=n, disable=not verbose, unit="sample", leave=True,
+                      desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True) as bar:
+                for start in range(0, n, bs):
+                    idx = order[start:start + bs]
+                    if bs == n and not shuffle:
+                        xb, yb = xd, yd
+                    else:
+                        di = be.asarray(idx.astype(np.int64))
+                        xb, yb = be.take_rows(xd, di), be.take_rows(yd, di)
+                    out = self.model.forward(xb, training=True)
+                    value = self.loss(out, yb)
+                    if not math.isfinite(value):
+                        raise FloatingPointError(
+                            f"the loss became {value} at epoch {epoch}, batch starting at sample "
+                            f"{start}: lower the learning rate (now {self.optimizer.lr})")
+                    self.model.backward(self.loss.backward())
+                    self.optimizer.step(self.model)
+                    total += value * len(idx)
+                    if self.loss.has_accuracy:
+                        correct += self.loss.correct(be.to_numpy(out), y_host[idx])
+                    bar.update(len(idx))
+                    bar.set_postfix(loss=f"{value:.4f}")
+                logs = {"loss": total / n}
+                if self.loss.has_accuracy:
+                    logs["accuracy"] = correct / n
+                if val is not None:
+                    logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
+                logs["time"] = time.perf_counter() - t0
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
+            for k, v in logs.items():
+                history.setdefault(k, []).append(v)
+        return history
+
+    def evaluate(self, x, y, batch_size=256):
+        """Mean loss (and accuracy where it applies) in inference mode."""
+        xd, yd, y_host = self._prepare(x, y)
+        be = self.model.backend
+        n = xd.shape[0]
+        total, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            di = be.asarray(np.arange(start, stop, dtype=np.int64))
+            xb, yb = be.take_rows(xd, di), be.take_rows(yd, di)
+            out = self.model.forward(xb, training=False)
+            total += self.loss(out, yb) * (stop - start)
+            if self.loss.has_accuracy:
+                correct += self.loss.correct(be.to_numpy(out), y_host[start:stop])
+        result = {"loss": total / n}
+        if self.loss.has_accuracy:
+            result["accuracy"] = correct / n
+        return result
+
+    def predict(self, x, batch_size=256):
+        return self.model.predict(x, batch_size=batch_size)

@@ -1,0 +1,1 @@
+"""numba.cuda kernels, one module per op family (shipped as gpudl.kernels)."""
