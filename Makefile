@@ -1,0 +1,51 @@
+# The two commands of the README: `make train` and `make test`. Each builds the
+# virtual environment on first use, so both work from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On a machine with an NVIDIA driver, also install CuPy so `make train` uses the GPU.
+GPU_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo ",cuda12")
+STAMP := $(VENV)/.installed$(GPU_EXTRA)
+PYTEST_FLAGS ?= -q -ra
+
+.PHONY: install train test test-cpu test-sim kernels-report wheel-check bench gpu-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,data$(GPU_EXTRA)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/gpudl train $(ARGS)
+
+# Two pytest processes: numba reads NUMBA_ENABLE_CUDASIM once, at import.
+test: test-cpu test-sim
+
+test-cpu: $(STAMP)
+	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+test-sim: $(STAMP)
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(PYTEST_FLAGS) tests/cuda
+
+kernels-report: $(STAMP)
+	$(PY) -m gpudl.kernels.catalog
+
+# Build the wheel, install it in a fresh venv and import gpudl.kernels from outside the repo.
+wheel-check: $(STAMP)
+	rm -rf dist && $(PY) -m pip wheel -q --no-deps -w dist .
+	rm -rf $(VENV)-wheel && $(PYTHON) -m venv $(VENV)-wheel
+	$(VENV)-wheel/bin/pip install -q dist/gpudl-*.whl
+	cd / && $(CURDIR)/$(VENV)-wheel/bin/python -c "import gpudl, gpudl.kernels, gpudl.kernels.matmul; print('wheel ok:', gpudl.__file__)"
+	$(VENV)-wheel/bin/gpudl info --device cpu
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.dense_step
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) $(VENV)-wheel dist build *.egg-info .pytest_cache .hypothesis

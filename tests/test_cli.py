@@ -1,0 +1,41 @@
+"""The main job (`gpudl train`) and `gpudl info`, run in-process."""
+import json
+
+import pytest
+
+from gpudl.cli import main
+
+
+@pytest.mark.slow
+def test_default_training_run_reaches_95_percent(tmp_path, capsys):
+    metrics = tmp_path / "m.json"
+    model = tmp_path / "model.npz"
+    assert main(["train", "--device", "cpu", "--quiet", "--metrics-out", str(metrics),
+                 "--save", str(model)]) == 0
+    result = json.loads(metrics.read_text())
+    assert result["test_accuracy"] >= 0.95, result
+    assert result["device"] == "cpu"
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "Total params" in out and "epoch 30:" in out
+    import gpudl
+    gpudl.set_device("cpu")
+    loaded = gpudl.load(model)
+    assert loaded.num_params() == 64 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+
+
+def test_info_names_device_and_versions(capsys):
+    assert main(["info", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for word in ("device: cpu", "numpy:", "numba:", "numba-cuda:"):
+        assert word in out
+
+
+def test_unknown_device_is_a_clean_error(capsys):
+    assert main(["info", "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_bad_flag_values_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--lr", "-1"])
+    assert "must be positive" in capsys.readouterr().err
