@@ -15,10 +15,13 @@ class Loss:
 
     def __init__(self):
         self._grad = None
+        #: the backend to compute on; None means the current one. The Trainer
+        #: sets it to the model's, so a model moved with .to() keeps working.
+        self.backend = None
 
     def __call__(self, pred, target) -> float:
         self._check(pred, target)
-        value, self._grad = self._compute(get_backend(), pred, target)
+        value, self._grad = self._compute(self.backend or get_backend(), pred, target)
         return value
 
     def backward(self):

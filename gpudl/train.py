@@ -34,6 +34,7 @@ class Trainer:
             raise TypeError(f"Trainer: optimizer must be a gpudl.optim.Optimizer, "
                             f"got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.loss.backend = model.backend
 
     # ---- input checks, all before any work
     def _prepare(self, x, y, what="x"):
@@ -57,6 +58,7 @@ class Trainer:
         out_shape = self.model.output_shape(x.shape[1:])
         self.loss.check_targets(y, out_shape)
         be = self.model.backend
+        self.loss.backend = be
         return (be.asarray(x, dtype=self.model.dtype),
                 be.asarray(y, dtype=self.loss.target_dtype(self.model.dtype)), y)
 

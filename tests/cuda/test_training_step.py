@@ -1,0 +1,63 @@
+"""The whole CUDA path, end to end: a training step on the CUDA backend (the
+simulator in CI, the GPU when there is one) gives the CPU backend's weights."""
+import copy
+
+import numpy as np
+import pytest
+
+import gpudl
+from gpudl.layers import Dense, ReLU, Sigmoid, Tanh
+
+
+def _pair(layers_fn):
+    gpudl.set_device("cpu")
+    gpudl.manual_seed(3)
+    cpu_model = gpudl.Sequential(layers_fn())
+    gpu_model = copy.deepcopy(cpu_model).to("cuda")
+    assert gpu_model.backend.name == "cuda"
+    return cpu_model, gpu_model
+
+
+def _fit(model, loss, x, y, batch_size, epochs=1):
+    opt = gpudl.optim.SGD(0.2, momentum=0.9, nesterov=True, weight_decay=0.01)
+    history = gpudl.Trainer(model, loss, opt).fit(x, y, epochs=epochs, batch_size=batch_size,
+                                                  seed=0, verbose=False)
+    return history, model.state_arrays()
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_cross_entropy_step_matches_cpu(batch_size):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 7)
+    cpu_model, gpu_model = _pair(lambda: [Dense(5, 6), ReLU(), Dense(6, 3)])
+    h_cpu, w_cpu = _fit(cpu_model, gpudl.losses.CrossEntropy(), x, y, batch_size, epochs=2)
+    h_gpu, w_gpu = _fit(gpu_model, gpudl.losses.CrossEntropy(), x, y, batch_size, epochs=2)
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-5, atol=1e-6)
+    assert h_gpu["accuracy"] == h_cpu["accuracy"]
+    for k in w_cpu:
+        assert not np.array_equal(w_cpu[k], cpu_model.layers[0].params["W"] * 0)
+        np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("loss", [gpudl.losses.MSE(), gpudl.losses.BinaryCrossEntropy(),
+                                  gpudl.losses.BinaryCrossEntropy(from_logits=True)])
+def test_regression_and_binary_losses_match_cpu(loss):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = (rng.random((6, 2)) > 0.5).astype(np.float32)
+    last = [] if getattr(loss, "from_logits", True) else [Sigmoid()]
+    cpu_model, gpu_model = _pair(lambda: [Dense(4, 5), Tanh(), Dense(5, 2)] + last)
+    _, w_cpu = _fit(cpu_model, loss, x, y, None)
+    _, w_gpu = _fit(gpu_model, loss, x, y, None)
+    for k in w_cpu:
+        np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_save_on_cuda_load_on_cpu(tmp_path):
+    _, gpu_model = _pair(lambda: [Dense(3, 2)])
+    gpu_model.save(tmp_path / "m.npz")
+    gpudl.set_device("cpu")
+    loaded = gpudl.load(tmp_path / "m.npz")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x), gpu_model.predict(x), rtol=1e-6, atol=1e-6)
