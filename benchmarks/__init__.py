@@ -1,0 +1,1 @@
+"""Speed measurements: each a ratio to a baseline timed in the same run."""

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one script to run on a machine with an NVIDIA GPU (and CuPy, numba-cuda,
+# PyTorch installed): installs gpudl without dependencies, runs the test
+# suite on the real GPU, the GPU benchmarks, and prints a short table last.
+# Full logs go to $OUT when it is set (else ./gpu-check-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 GPUDL_RESULTS_MD="$OUT/RESULTS-gpu.md"
+PY=${PYTHON:-python3}
+status=0
+step() { echo; echo "=== $1"; }
+
+step "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/env.txt"
+$PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
+$PY -m gpudl.cli info 2>&1 | tee -a "$OUT/env.txt"
+
+step "tests on the real GPU (tests/cuda) and the CPU suite"
+$PY -m pytest -q -x -p no:cacheprovider tests/cuda 2>&1 | tee "$OUT/tests-gpu.log" | tail -15
+gpu_rc=${PIPESTATUS[0]}; [ "$gpu_rc" = 0 ] || status=1
+$PY -m pytest -q -p no:cacheprovider tests --ignore=tests/cuda -k "not compile" 2>&1 | tee "$OUT/tests-cpu.log" | tail -3
+cpu_rc=${PIPESTATUS[0]}; [ "$cpu_rc" = 0 ] || status=1
+
+step "main job on the GPU"
+timeout 300 $PY -m gpudl.cli train --device cuda --quiet --save "" --metrics-out "$OUT/train-gpu.json" 2>&1 | tail -4
+train_rc=${PIPESTATUS[0]}; [ "$train_rc" = 0 ] || status=1
+
+step "benchmarks"
+timeout 240 $PY -m benchmarks.matmul --json "$OUT/matmul.json" 2>&1 | tee "$OUT/bench-matmul.log" | tail -25
+mm_rc=${PIPESTATUS[0]}
+timeout 120 $PY -m benchmarks.dense_step --device cuda --batch 1024 --json "$OUT/dense-gpu.json" 2>&1 | tee "$OUT/bench-dense.log" | tail -12
+dense_rc=${PIPESTATUS[0]}
+
+step "summary"
+printf '%-28s %s\n' "GPU tests (tests/cuda)" "$( [ "$gpu_rc" = 0 ] && echo pass || echo "FAIL ($gpu_rc)")" \
+  "CPU suite" "$( [ "$cpu_rc" = 0 ] && echo pass || echo "FAIL ($cpu_rc)")" \
+  "gpudl train --device cuda" "$( [ "$train_rc" = 0 ] && echo pass || echo "FAIL ($train_rc)")" \
+  "matmul benchmark" "$( [ "$mm_rc" = 0 ] && echo ok || echo "FAIL ($mm_rc)")" \
+  "dense-step benchmark" "$( [ "$dense_rc" = 0 ] && echo ok || echo "FAIL ($dense_rc)")"
+[ -f "$OUT/train-gpu.json" ] && $PY -c "import json;m=json.load(open('$OUT/train-gpu.json'));print(f\"train: test accuracy {m['test_accuracy']:.4f} in {m['seconds']:.1f} s on {m['device_name']}\")"
+[ -f "$OUT/matmul.json" ] && $PY - "$OUT/matmul.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for row in r["rows"]:
+    print(f"{row[0]:>5} {row[1]} {row[2]:<22} {row[3]:>9} ms {row[4]:>7} TFLOP/s  cuBLAS/ours {row[5]}")
+PYEOF
+exit $status
