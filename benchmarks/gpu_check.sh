@@ -17,25 +17,28 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 $PY -m gpudl.cli info 2>&1 | tee -a "$OUT/env.txt"
 
-step "tests on the real GPU (tests/cuda) and the CPU suite"
-$PY -m pytest -q -x -p no:cacheprovider tests/cuda 2>&1 | tee "$OUT/tests-gpu.log" | tail -15
+step "tests on the real GPU: every kernel against the NumPy reference (tests/cuda)"
+timeout ${T_TESTS:-300} $PY -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tee "$OUT/tests-gpu.log" | tail -15
 gpu_rc=${PIPESTATUS[0]}; [ "$gpu_rc" = 0 ] || status=1
-$PY -m pytest -q -p no:cacheprovider tests --ignore=tests/cuda -k "not compile" 2>&1 | tee "$OUT/tests-cpu.log" | tail -3
-cpu_rc=${PIPESTATUS[0]}; [ "$cpu_rc" = 0 ] || status=1
+cpu_rc=skipped
+if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then  # CI runs the CPU suite; here only on request
+  $PY -m pytest -q -p no:cacheprovider tests --ignore=tests/cuda 2>&1 | tee "$OUT/tests-cpu.log" | tail -3
+  cpu_rc=${PIPESTATUS[0]}; [ "$cpu_rc" = 0 ] || status=1
+fi
 
 step "main job on the GPU"
-timeout 300 $PY -m gpudl.cli train --device cuda --quiet --save "" --metrics-out "$OUT/train-gpu.json" 2>&1 | tail -4
+timeout ${T_TRAIN:-120} $PY -m gpudl.cli train --device cuda --quiet --save "" --metrics-out "$OUT/train-gpu.json" 2>&1 | tail -4
 train_rc=${PIPESTATUS[0]}; [ "$train_rc" = 0 ] || status=1
 
 step "benchmarks"
-timeout 240 $PY -m benchmarks.matmul --json "$OUT/matmul.json" 2>&1 | tee "$OUT/bench-matmul.log" | tail -25
+timeout ${T_MM:-180} $PY -m benchmarks.matmul --json "$OUT/matmul.json" 2>&1 | tee "$OUT/bench-matmul.log" | tail -25
 mm_rc=${PIPESTATUS[0]}
-timeout 120 $PY -m benchmarks.dense_step --device cuda --batch 1024 --json "$OUT/dense-gpu.json" 2>&1 | tee "$OUT/bench-dense.log" | tail -12
+timeout ${T_DENSE:-90} $PY -m benchmarks.dense_step --device cuda --batch 1024 --json "$OUT/dense-gpu.json" 2>&1 | tee "$OUT/bench-dense.log" | tail -12
 dense_rc=${PIPESTATUS[0]}
 
 step "summary"
 printf '%-28s %s\n' "GPU tests (tests/cuda)" "$( [ "$gpu_rc" = 0 ] && echo pass || echo "FAIL ($gpu_rc)")" \
-  "CPU suite" "$( [ "$cpu_rc" = 0 ] && echo pass || echo "FAIL ($cpu_rc)")" \
+  "CPU suite" "$( [ "$cpu_rc" = 0 ] && echo pass || echo "$cpu_rc")" \
   "gpudl train --device cuda" "$( [ "$train_rc" = 0 ] && echo pass || echo "FAIL ($train_rc)")" \
   "matmul benchmark" "$( [ "$mm_rc" = 0 ] && echo ok || echo "FAIL ($mm_rc)")" \
   "dense-step benchmark" "$( [ "$dense_rc" = 0 ] && echo ok || echo "FAIL ($dense_rc)")"

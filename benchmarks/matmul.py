@@ -27,6 +27,11 @@ def main(argv=None):
 
     versions = args.versions or list(mm.KERNELS)
     stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+
+    def run(version, a, b, c, ta, tb):
+        grid, block = mm.launch_config(version, c.shape[0], c.shape[1])
+        variant = ("t" if ta else "n") + ("t" if tb else "n")
+        mm.KERNELS[version][variant][grid, block, stream](a, b, c)
     rows = []
     for n in args.sizes:
         rng = cupy.random.default_rng(n)
@@ -42,12 +47,12 @@ def main(argv=None):
                          f"{flops / t_ref / 1e12:.2f}", "1.00", "-"])
             for version in versions:
                 c = cupy.full((n, n), cupy.nan, dtype=cupy.float32)  # poison
-                mm.matmul(a, b, c, ta, tb, version=version, stream=stream)
+                run(version, a, b, c, ta, tb)
                 err = float(cupy.linalg.norm(c - ref) / cupy.linalg.norm(ref))
                 if not err < 1e-5:
                     raise AssertionError(f"matmul {version}/{variant} at {n}: rel. error {err}")
                 reps = max(2, args.repeat // 4) if version == "naive" else args.repeat
-                t = time_cuda(lambda: mm.matmul(a, b, c, ta, tb, version=version, stream=stream),
+                t = time_cuda(lambda: run(version, a, b, c, ta, tb),
                               repeat=reps)
                 rows.append([n, variant, version + (" (default)" if version == mm.MATMUL_DEFAULT
                                                     else ""),

@@ -26,8 +26,9 @@ def cmd_info(args) -> int:
     be = gpudl.set_device(args.device)
     print(f"gpudl {__version__}")
     print(f"device: {be.name} ({be.device_name()})")
-    if be.name == "cuda" and hasattr(be, "memory_info"):
-        free, total = be.memory_info()
+    mem = be.memory_info() if be.name == "cuda" else None
+    if mem is not None:
+        free, total = mem
         print(f"gpu memory: {total / 2**30:.1f} GiB total, {free / 2**30:.1f} GiB free")
     elif not gpudl.gpu_available():
         print("gpu: none visible to CuPy")

@@ -19,7 +19,7 @@ class CPUBackend(Backend):
         return np.array(x, copy=True)
 
     def device_name(self):
-        return "cpu (NumPy)"
+        return "NumPy on the host CPU"
 
     # ---- linear algebra
     def matmul(self, a, b, trans_a=False, trans_b=False):

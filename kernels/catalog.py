@@ -1,0 +1,170 @@
+"""Every kernel with the signatures it is compiled for, and an sm_90 report.
+
+`python -m gpudl.kernels.catalog` (or `make kernels-report`) compiles each
+kernel to PTX for Hopper with numba, assembles it with `ptxas -v` and prints
+registers, shared memory, spills and stack frame per kernel. No GPU is
+needed: only numba-cuda's NVVM and the ptxas that numba-cuda[cu12] installs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from numba import boolean, float32, float64, int64
+
+from . import elementwise as ew
+from . import loss, matmul, optim, reduce, softmax
+
+FLOATS = (float32, float64)
+
+
+def _sigs(make, dtypes=FLOATS):
+    return [make(t) for t in dtypes]
+
+
+def _v(t):  # 1-D C-contiguous
+    return t[::1]
+
+
+def _m(t):  # 2-D C-contiguous
+    return t[:, ::1]
+
+
+KERNELS = []
+for _version, _variants in matmul.KERNELS.items():
+    for _variant, _kernel in _variants.items():
+        KERNELS.append((f"matmul_{_version}_{_variant}", _kernel,
+                        _sigs(lambda t: (_m(t), _m(t), _m(t)))))
+KERNELS += [
+    ("add_bias", ew.add_bias, _sigs(lambda t: (_v(t), _v(t)))),
+    ("axpby", ew.axpby, _sigs(lambda t: (t, _v(t), t, _v(t), _v(t)))),
+    ("relu", ew.relu, _sigs(lambda t: (_v(t), _v(t)))),
+    ("relu_backward", ew.relu_backward, _sigs(lambda t: (_v(t), _v(t), _v(t)))),
+    ("sigmoid", ew.sigmoid, _sigs(lambda t: (_v(t), _v(t)))),
+    ("sigmoid_backward", ew.sigmoid_backward, _sigs(lambda t: (_v(t), _v(t), _v(t)))),
+    ("tanh", ew.tanh, _sigs(lambda t: (_v(t), _v(t)))),
+    ("tanh_backward", ew.tanh_backward, _sigs(lambda t: (_v(t), _v(t), _v(t)))),
+    ("step", ew.step, _sigs(lambda t: (_v(t), _v(t)))),
+    ("take_rows", ew.take_rows,
+     _sigs(lambda t: (_m(t), _v(int64), _m(t)), (float32, float64, int64))),
+    ("sum_rows_partial", reduce.sum_rows_partial, _sigs(lambda t: (_m(t), _m(t)))),
+    ("sum_rows_naive", reduce.sum_rows_naive, _sigs(lambda t: (_m(t), _v(t)))),
+    ("sum_1d", reduce.sum_1d, _sigs(lambda t: (_v(t), _v(t)))),
+    ("argmax_rows", reduce.argmax_rows, _sigs(lambda t: (_m(t), _v(int64)))),
+    ("softmax", softmax.softmax, _sigs(lambda t: (_m(t), _m(t)))),
+    ("softmax_backward", softmax.softmax_backward, _sigs(lambda t: (_m(t), _m(t), _m(t)))),
+    ("softmax_cross_entropy", loss.softmax_cross_entropy,
+     _sigs(lambda t: (_m(t), _v(int64), _v(t), _m(t)))),
+    ("mse", loss.mse, _sigs(lambda t: (_v(t), _v(t), _v(t), _v(t), t))),
+    ("binary_cross_entropy", loss.binary_cross_entropy,
+     _sigs(lambda t: (_v(t), _v(t), _v(t), _v(t), t, t, t))),
+    ("binary_cross_entropy_logits", loss.binary_cross_entropy_logits,
+     _sigs(lambda t: (_v(t), _v(t), _v(t), _v(t), t))),
+    ("sgd", optim.sgd, _sigs(lambda t: (_v(t), _v(t), t, t))),
+    ("sgd_momentum", optim.sgd_momentum,
+     _sigs(lambda t: (_v(t), _v(t), _v(t), t, t, t, boolean))),
+]
+
+
+def _sig_name(sig):
+    return str(sig[0].dtype) if hasattr(sig[0], "dtype") else str(sig[0])
+
+
+def entries():
+    """("name[dtype]", kernel, signature) for every kernel and signature."""
+    return [(f"{name}[{_sig_name(sig)}]", kernel, sig)
+            for name, kernel, sigs in KERNELS for sig in sigs]
+
+
+def compile_all(cc=(9, 0)):
+    """{"name[dtype]": PTX text} for every kernel and signature."""
+    from numba import cuda
+    if getattr(cuda, "compile_ptx", None) is None:
+        raise RuntimeError("numba.cuda.compile_ptx is unavailable (is NUMBA_ENABLE_CUDASIM set?)")
+    return {key: cuda.compile_ptx(kernel.py_func, sig, cc=cc)[0]
+            for key, kernel, sig in entries()}
+
+
+def find_ptxas():
+    """ptxas from the nvidia-cuda-nvcc wheel (numba-cuda[cu12]), else PATH."""
+    try:
+        import nvidia.cuda_nvcc as nvcc
+        for base in list(nvcc.__path__):
+            path = os.path.join(base, "bin", "ptxas")
+            if os.path.exists(path):
+                return path
+    except ImportError:
+        pass
+    path = shutil.which("ptxas")
+    if path is None:
+        raise FileNotFoundError("ptxas not found: install numba-cuda[cu12] or put CUDA's bin on PATH")
+    return path
+
+
+# An f64 instruction in a float32 kernel means a literal or scalar argument
+# was typed float64 and dragged the arithmetic to double precision.
+_F64 = re.compile(r"^\s*(?:@%p\d+\s+)?[a-z]+(?:\.[a-z0-9]+)*\.f64\b", re.M)
+
+
+def _parse(text):
+    def total(pattern):
+        return sum(int(x) for x in re.findall(pattern, text))
+    regs = [int(x) for x in re.findall(r"Used (\d+) registers", text)]
+    return {
+        "registers": max(regs) if regs else 0,
+        "smem": total(r"(\d+) bytes smem"),
+        "stack": total(r"(\d+) bytes stack frame"),
+        "spill_stores": total(r"(\d+) bytes spill stores"),
+        "spill_loads": total(r"(\d+) bytes spill loads"),
+    }
+
+
+def _ptxas_one(ptxas, arch, name, ptx):
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([ptxas, f"-arch={arch}", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                              capture_output=True, text=True)
+    row = {"name": name, "ok": proc.returncode == 0, "log": proc.stdout + proc.stderr}
+    row.update(_parse(row["log"]))
+    row["f64_ops"] = len(_F64.findall(ptx))
+    return row
+
+
+def ptxas_report(ptx_by_name, arch="sm_90"):
+    """Run ptxas -v on each PTX; one dict per kernel with registers, smem
+    (bytes), stack (bytes of local-memory frame), spill_stores/spill_loads
+    (bytes), f64_ops (f64 instructions in the PTX), ok and the raw log."""
+    ptxas = find_ptxas()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda kv: _ptxas_one(ptxas, arch, *kv), ptx_by_name.items()))
+
+
+def format_report(rows):
+    head = f"{'kernel':44} {'regs':>5} {'smem':>6} {'stack':>6} {'spill st/ld':>12} {'f64':>4}  ptxas"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        spill = f"{r['spill_stores']}/{r['spill_loads']}"
+        lines.append(f"{r['name']:44} {r['registers']:>5} {r['smem']:>6} {r['stack']:>6} "
+                     f"{spill:>12} {r['f64_ops']:>4}  {'ok' if r['ok'] else 'FAILED'}")
+    return "\n".join(lines)
+
+
+def main():
+    rows = ptxas_report(compile_all())
+    print(format_report(rows))
+    bad = [r["name"] for r in rows if not r["ok"] or r["stack"] or r["spill_stores"] or r["spill_loads"]]
+    if bad:
+        print("kernels failing ptxas or using local memory: " + ", ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
