@@ -54,6 +54,8 @@ def versions() -> dict:
 
 
 def commit() -> str:
+    if os.environ.get("GPUDL_COMMIT"):  # the device machine gets a tree without .git
+        return os.environ["GPUDL_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
                                        stderr=subprocess.DEVNULL, text=True).strip()

@@ -9,6 +9,7 @@ OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 GPUDL_RESULTS_MD="$OUT/RESULTS-gpu.md"
 PY=${PYTHON:-python3}
+export GPUDL_COMMIT=${GPUDL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 status=0
 step() { echo; echo "=== $1"; }
 
