@@ -8,7 +8,6 @@ import platform
 import statistics
 import subprocess
 import time
-from importlib import metadata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_MD = os.path.join(HERE, "RESULTS.md")
@@ -44,13 +43,8 @@ def time_cuda(fn, warmup=3, repeat=20) -> float:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ("numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "torch"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    from gpudl.cli import library_versions
+    return {"python": platform.python_version(), **library_versions(extra=("torch",))}
 
 
 def commit() -> str:

@@ -10,10 +10,11 @@ import time
 from . import __version__
 
 
-def _versions() -> dict:
+def library_versions(extra=()) -> dict:
+    """Installed versions of the libraries gpudl runs on (and ``extra`` ones)."""
     from importlib import metadata
     out = {}
-    for dist in ("numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "cupy"):
+    for dist in ("numpy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "cupy") + tuple(extra):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -32,7 +33,7 @@ def cmd_info(args) -> int:
         print(f"gpu memory: {total / 2**30:.1f} GiB total, {free / 2**30:.1f} GiB free")
     elif not gpudl.gpu_available():
         print("gpu: none visible to CuPy")
-    for k, v in _versions().items():
+    for k, v in library_versions().items():
         print(f"{k}: {v}")
     return 0
 

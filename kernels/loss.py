@@ -11,7 +11,8 @@ import math
 from numba import cuda
 
 from .elementwise import sigmoid_scalar
-from .reduce import RX, RY, nan_max, row_tree_max, row_tree_sum
+from .reduce import RX, RY
+from .softmax import row_max_sumexp
 
 
 @cuda.jit
@@ -27,19 +28,7 @@ def softmax_cross_entropy(logits, labels, losses, grad):
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     row = cuda.blockIdx.x * RY + ty
-    m = logits.dtype.type(-math.inf)
-    if row < n:
-        for j in range(tx, c, RX):
-            m = nan_max(m, logits[row, j])
-    red[ty, tx] = m
-    m = row_tree_max(red, tx, ty)
-    cuda.syncthreads()
-    s = logits.dtype.type(0)
-    if row < n:
-        for j in range(tx, c, RX):
-            s += math.exp(logits[row, j] - m)
-    red[ty, tx] = s
-    s = row_tree_sum(red, tx, ty)
+    m, s = row_max_sumexp(logits, row, red, tx, ty)
     if row >= n:
         return
     logsum = math.log(s)
