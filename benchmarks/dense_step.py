@@ -65,7 +65,7 @@ def gpudl_step_fn(device, x, y):
 
     def step():
         loss(model.forward(xd, training=True), yd)
-        model.backward(loss.backward())
+        model.backward(loss.backward(), need_input_grad=False)
         opt.step(model)
     return step, model
 

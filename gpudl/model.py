@@ -64,10 +64,12 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad):
-        for layer in reversed(self.layers):
+    def backward(self, grad, need_input_grad=True):
+        """Backpropagate d(loss)/d(output); returns d(loss)/d(input), or None
+        with ``need_input_grad=False`` (the first layer may then skip that work)."""
+        for layer in reversed(self.layers[1:]):
             grad = layer.backward(grad)
-        return grad
+        return self.layers[0].backward(grad, need_input_grad=need_input_grad)
 
     def predict(self, x, batch_size=None):
         """Host array in, host array out; runs in inference mode."""

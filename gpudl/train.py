@@ -85,7 +85,8 @@ class Trainer:
             t0 = time.perf_counter()
             order = rng.permutation(n) if shuffle else np.arange(n)
             total, correct = 0.0, 0
-            with tqdm(total=n, disable=not verbose, unit="sample", leave=True,
+            # disable=None: a bar on a terminal, plain per-epoch lines in a log
+            with tqdm(total=n, disable=None if verbose else True, unit="sample", leave=True,
                       desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True) as bar:
                 for start in range(0, n, bs):
                     idx = order[start:start + bs]
@@ -100,7 +101,7 @@ class Trainer:
                         raise FloatingPointError(
                             f"the loss became {value} at epoch {epoch}, batch starting at sample "
                             f"{start}: lower the learning rate (now {self.optimizer.lr})")
-                    self.model.backward(self.loss.backward())
+                    self.model.backward(self.loss.backward(), need_input_grad=False)
                     self.optimizer.step(self.model)
                     total += value * len(idx)
                     if self.loss.has_accuracy:
@@ -114,6 +115,10 @@ class Trainer:
                     logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
                 logs["time"] = time.perf_counter() - t0
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
+            if verbose and bar.disable:
+                print(f"epoch {epoch}/{epochs}: " + ", ".join(
+                    f"{k}={v:.4f}" for k, v in logs.items() if k != "time")
+                    + f" ({logs['time']:.2f} s)", flush=True)
             for k, v in logs.items():
                 history.setdefault(k, []).append(v)
         return history

@@ -135,3 +135,16 @@ def test_online_sgd_makes_one_update_per_sample():
     gpudl.Trainer(model, gpudl.losses.CrossEntropy(), opt).fit(
         x, np.arange(9) % 4, epochs=2, batch_size=1, verbose=False)
     assert opt.iterations == 18
+
+
+def test_backward_without_input_gradient_gives_the_same_weight_gradients():
+    model = mlp()
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    model.forward(x)
+    assert model.backward(g).shape == (5, 6)
+    full = {k: v.copy() for k, v in model.layers[0].grads.items()}
+    model.forward(x)
+    assert model.backward(g, need_input_grad=False) is None
+    for k, v in model.layers[0].grads.items():
+        np.testing.assert_array_equal(v, full[k])

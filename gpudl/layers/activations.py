@@ -23,7 +23,7 @@ class ReLU(_Activation):
         self._x = x
         return self.backend.relu(x)
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         return self.backend.relu_backward(self._need(getattr(self, "_x", None)), grad)
 
 
@@ -32,7 +32,7 @@ class Sigmoid(_Activation):
         self._y = self.backend.sigmoid(x)
         return self._y
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         return self.backend.sigmoid_backward(self._need(getattr(self, "_y", None)), grad)
 
 
@@ -41,7 +41,7 @@ class Tanh(_Activation):
         self._y = self.backend.tanh(x)
         return self._y
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         return self.backend.tanh_backward(self._need(getattr(self, "_y", None)), grad)
 
 
@@ -56,7 +56,7 @@ class Step(_Activation):
         self._shape = x.shape
         return self.backend.step(x)
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         return self.backend.axpby(0.0, grad, 0.0, grad)
 
 
@@ -74,5 +74,5 @@ class Softmax(_Activation):
         self._y = self.backend.softmax(x)
         return self._y
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         return self.backend.softmax_backward(self._need(getattr(self, "_y", None)), grad)

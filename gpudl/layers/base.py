@@ -24,7 +24,9 @@ class Layer:
     in ``forward`` for ``backward``.
 
     ``forward(x, training=False)`` returns the output; ``backward(grad)`` takes
-    d(loss)/d(output), fills ``grads`` and returns d(loss)/d(input). Shapes
+    d(loss)/d(output), fills ``grads`` and returns d(loss)/d(input). With
+    ``need_input_grad=False`` a layer may skip that work and return None (the
+    trainer asks this of the first layer, whose input is the data). Shapes
     handled by ``output_shape`` and ``flops`` are per sample (no batch axis).
     """
 
@@ -42,7 +44,7 @@ class Layer:
     def forward(self, x, training=False):
         raise NotImplementedError
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         raise NotImplementedError
 
     def output_shape(self, input_shape: tuple) -> tuple:

@@ -44,7 +44,7 @@ class Dense(Layer):
         self._x = x
         return z
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         if self._x is None:
             raise RuntimeError(f"layer '{self.name}': backward called before forward")
         if tuple(grad.shape) != (self._x.shape[0], self.out_features):
@@ -55,7 +55,8 @@ class Dense(Layer):
             # The notes' delta rule: dL/dW = delta a^T, dL/db = delta 1.
             self.grads["W"] = be.matmul(grad, self._x, trans_a=True)
             self.grads["b"] = be.sum_rows(grad)
-        return be.matmul(grad, self.params["W"])
+        # The first layer's input gradient is a whole extra matmul nobody reads.
+        return be.matmul(grad, self.params["W"]) if need_input_grad else None
 
     def output_shape(self, input_shape):
         if len(input_shape) != 1 or input_shape[0] != self.in_features:

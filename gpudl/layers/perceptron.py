@@ -22,7 +22,7 @@ class Perceptron(Dense):
     def forward(self, x, training=False):
         return self.backend.step(super().forward(x, training))
 
-    def backward(self, grad):
+    def backward(self, grad, need_input_grad=True):
         raise NotImplementedError(
             "Perceptron has no useful gradient (its step has derivative 0); "
             "train it with Perceptron.fit (the perceptron rule), or use Dense + Sigmoid")
