@@ -62,3 +62,16 @@ def test_save_on_cuda_load_on_cpu(tmp_path):
     loaded = gpudl.load(tmp_path / "m.npz")
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x), gpu_model.predict(x), rtol=1e-6, atol=1e-6)
+
+
+def test_perceptron_rule_on_the_cuda_backend_matches_cpu():
+    from gpudl.data import logic_gate
+    from gpudl.layers import Perceptron
+    x, y = logic_gate("nand")
+    gpudl.set_device("cpu")
+    cpu_p = Perceptron(2, seed=0)
+    gpu_p = copy.deepcopy(cpu_p).to(gpudl.backend._make("cuda"))
+    assert cpu_p.fit(x, y, epochs=20, seed=0) == gpu_p.fit(x, y, epochs=20, seed=0)
+    np.testing.assert_array_equal(gpu_p.predict(x), y)
+    np.testing.assert_allclose(gpu_p.backend.to_numpy(gpu_p.params["W"]), cpu_p.params["W"],
+                               rtol=1e-6)
