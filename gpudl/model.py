@@ -172,7 +172,8 @@ def atomic_write(path, write) -> None:
 
 
 def load(path, device=None) -> Sequential:
-    """Rebuild a model saved with Sequential.save, on ``device`` or the current one."""
+    """Rebuild a model saved with Sequential.save, on ``device`` ("cpu", "cuda")
+    or, by default, the current device. The current device is left as it is."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"no model file at {path!r}")
@@ -190,9 +191,6 @@ def load(path, device=None) -> Sequential:
     if config.get("version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path!r} has model format version {config['version']}; "
                              f"this gpudl reads up to {FORMAT_VERSION}")
-    if device is not None:
-        from .backend import set_device
-        set_device(device)
     layers = []
     for i, spec in enumerate(config["layers"]):
         cls = LAYER_TYPES.get(spec["type"])
@@ -208,4 +206,5 @@ def load(path, device=None) -> Sequential:
                                      f"{tuple(layer.params[k].shape)}, found {got}")
             layer.params[k] = layer.backend.asarray(arrays[key], dtype=layer.params[k].dtype)
         layers.append(layer)
-    return Sequential(layers, input_shape=config.get("input_shape"))
+    model = Sequential(layers, input_shape=config.get("input_shape"))
+    return model.to(device) if device is not None else model

@@ -148,3 +148,11 @@ def test_backward_without_input_gradient_gives_the_same_weight_gradients():
     assert model.backward(g, need_input_grad=False) is None
     for k, v in model.layers[0].grads.items():
         np.testing.assert_array_equal(v, full[k])
+
+
+def test_load_onto_a_named_device_leaves_the_current_one(tmp_path):
+    mlp().save(tmp_path / "m.npz")
+    loaded = gpudl.load(tmp_path / "m.npz", device="cpu")
+    assert loaded.backend.name == "cpu" and gpudl.get_device() == "cpu"
+    with pytest.raises(gpudl.DeviceError, match="unknown device"):
+        gpudl.load(tmp_path / "m.npz", device="tpu")

@@ -1,6 +1,7 @@
 """Elementwise activations and softmax; each backward is the derivative it names."""
 from __future__ import annotations
 
+from ..errors import ShapeError
 from .base import Layer
 
 
@@ -68,7 +69,6 @@ class Softmax(_Activation):
 
     def forward(self, x, training=False):
         if x.ndim != 2:
-            from ..errors import ShapeError
             raise ShapeError(f"layer '{self.name}' (Softmax) expects (batch, classes), "
                              f"got {tuple(x.shape)}")
         self._y = self.backend.softmax(x)

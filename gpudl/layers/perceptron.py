@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from .base import init_rng
 from .dense import Dense
 
 
@@ -45,7 +44,7 @@ class Perceptron(Dense):
         if not lr > 0:
             raise ValueError(f"Perceptron.fit: lr must be positive, got {lr}")
         be = self.backend
-        rng = init_rng(seed) if seed is not None else np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
         xd = be.asarray(x)
         yd = be.asarray(y.reshape(-1, 1))
         mistakes = []
