@@ -8,6 +8,7 @@
     history = trainer.fit(x, y, epochs=10, batch_size=32)
 """
 from . import data, layers, losses, optim
+from .convmatrix import conv_matrix
 from .backend import get_backend, get_device, gpu_available, set_device
 from .errors import DeviceError, GpudlError, ModelFileError, ShapeError
 from .layers import manual_seed
@@ -17,5 +18,5 @@ from .train import Trainer
 __version__ = "0.1.0"
 
 __all__ = ["set_device", "get_device", "get_backend", "gpu_available", "Sequential", "load",
-           "Trainer", "layers", "losses", "optim", "data", "manual_seed", "GpudlError",
+           "Trainer", "conv_matrix", "layers", "losses", "optim", "data", "manual_seed", "GpudlError",
            "ShapeError", "DeviceError", "ModelFileError", "__version__"]

@@ -61,6 +61,29 @@ class Backend(abc.ABC):
     def axpby(self, alpha, x, beta, y):
         """alpha * x + beta * y, elementwise, same shapes."""
 
+    # ---- convolution (NCHW; w (O, C // groups, KH, KW); no bias) --------
+    # stride and dilation are (h, w) pairs, pads is (top, bottom, left, right).
+    @abc.abstractmethod
+    def conv2d(self, x, w, stride, pads, dilation, groups=1):
+        """(N, C, H, W) -> (N, O, OH, OW). groups = C is depthwise."""
+
+    @abc.abstractmethod
+    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1):
+        """d(loss)/dx, (N, C, H, W) with (H, W) = in_hw, from dy (N, O, OH, OW).
+        Also the forward pass of a transposed convolution."""
+
+    @abc.abstractmethod
+    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1):
+        """d(loss)/dw, (O, C // groups, KH, KW), from dy and the forward input x."""
+
+    @abc.abstractmethod
+    def add_channel_bias(self, y, b):
+        """In place: y[n, c, h, w] += b[c] for y (N, C, H, W)."""
+
+    @abc.abstractmethod
+    def sum_channels(self, g):
+        """Sum over N, H, W: (N, C, H, W) -> (C,). A convolution's bias gradient."""
+
     # ---- activations (forward takes the input; backward takes what it names)
     @abc.abstractmethod
     def relu(self, x): ...

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import cpu_conv
 from .base import Backend
 
 BCE_EPS = 1e-7
@@ -35,6 +36,22 @@ class CPUBackend(Backend):
 
     def axpby(self, alpha, x, beta, y):
         return alpha * x + beta * y
+
+    # ---- convolution
+    def conv2d(self, x, w, stride, pads, dilation, groups=1):
+        return cpu_conv.conv2d(x, w, stride, pads, dilation, groups)
+
+    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1):
+        return cpu_conv.conv2d_backward_input(dy, w, in_hw, stride, pads, dilation, groups)
+
+    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1):
+        return cpu_conv.conv2d_backward_weight(dy, x, k_hw, stride, pads, dilation, groups)
+
+    def add_channel_bias(self, y, b):
+        y += b.reshape(1, -1, 1, 1)
+
+    def sum_channels(self, g):
+        return g.sum(axis=(0, 2, 3))
 
     # ---- activations
     def relu(self, x):

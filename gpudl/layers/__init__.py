@@ -1,11 +1,18 @@
 """Layers: each owns forward and backward, and named params/grads."""
 from .activations import ReLU, Sigmoid, Softmax, Step, Tanh
 from .base import Layer, manual_seed
+from .conv import Conv2D, DepthwiseConv2D
+from .conv_transpose import Conv2DTranspose
 from .dense import Dense
 from .perceptron import Perceptron
+from .reshape import Flatten
+from .separable import SeparableConv2D
 
 #: class name -> class, for rebuilding a saved model
-LAYER_TYPES = {cls.__name__: cls for cls in (Dense, Perceptron, ReLU, Sigmoid, Tanh, Step, Softmax)}
+LAYER_TYPES = {cls.__name__: cls for cls in (
+    Dense, Perceptron, ReLU, Sigmoid, Tanh, Step, Softmax, Conv2D, DepthwiseConv2D,
+    Conv2DTranspose, SeparableConv2D, Flatten)}
 
 __all__ = ["Layer", "Dense", "Perceptron", "ReLU", "Sigmoid", "Tanh", "Step", "Softmax",
+           "Conv2D", "DepthwiseConv2D", "Conv2DTranspose", "SeparableConv2D", "Flatten",
            "LAYER_TYPES", "manual_seed"]
