@@ -38,27 +38,20 @@ def cmd_info(args) -> int:
     return 0
 
 
-def build_mlp(hidden, in_features=64, classes=10, seed=None):
-    from .layers import Dense, ReLU
-    from .model import Sequential
-    layers, width = [], in_features
-    for i, h in enumerate(hidden):
-        layers += [Dense(width, h, seed=None if seed is None else seed + i), ReLU()]
-        width = h
-    layers.append(Dense(width, classes, seed=None if seed is None else seed + len(hidden)))
-    return Sequential(layers)
-
-
 def cmd_train(args) -> int:
     import gpudl
     from .data import load_digits
+    from .zoo import MODELS
     be = gpudl.set_device(args.device)
     gpudl.manual_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = load_digits(test_fraction=0.2, seed=args.seed)
+    build, images = MODELS[args.model]
+    (x_train, y_train), (x_test, y_test) = load_digits(test_fraction=0.2, seed=args.seed,
+                                                       flatten=not images)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    model = build_mlp(args.hidden, x_train.shape[1], 10)
-    print(f"gpudl {__version__} on {be.name} ({be.device_name()}); data set: digits, "
+    model = build(x_train.shape[1:], 10) if images else build(x_train.shape[1], 10, args.hidden)
+    print(f"gpudl {__version__} on {be.name} ({be.device_name()}); model: {args.model}; "
+          f"data set: digits, "
           f"{len(x_train)} train / {len(x_test)} test samples")
     model.summary()
     trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(),
@@ -75,13 +68,14 @@ def cmd_train(args) -> int:
     test = trainer.evaluate(x_test, y_test)
     print(f"test accuracy: {test['accuracy']:.4f}  test loss: {test['loss']:.4f}  "
           f"({seconds:.1f} s training)")
-    if args.save:
-        model.save(args.save)
-        print(f"saved model to {args.save}")
+    save = os.path.join("runs", f"digits-{args.model}.npz") if args.save is None else args.save
+    if save:
+        model.save(save)
+        print(f"saved model to {save}")
     if args.metrics_out:
         metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
                    "train_loss": history["loss"][-1], "train_accuracy": history["accuracy"][-1],
-                   "epochs": args.epochs, "seconds": seconds, "device": be.name,
+                   "model": args.model, "epochs": args.epochs, "seconds": seconds, "device": be.name,
                    "device_name": be.device_name(), "seed": args.seed}
         folder = os.path.dirname(os.path.abspath(args.metrics_out))
         os.makedirs(folder, exist_ok=True)
@@ -111,17 +105,20 @@ def make_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the default network on the digits data set")
     t.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
+    t.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
+                   help="mlp (default) or cnn (two convolutions and a dense head)")
     t.add_argument("--epochs", type=_positive(int), default=30)
     t.add_argument("--batch-size", type=_positive(int), default=32)
     t.add_argument("--lr", type=_positive(float), default=0.05)
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--hidden", type=_positive(int), nargs="+", default=[256, 128],
-                   help="hidden layer widths (default: 256 128)")
+                   help="hidden layer widths of the mlp (default: 256 128)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=_positive(int), default=None,
                    help="use only the first N training samples (quick runs)")
-    t.add_argument("--save", default=os.path.join("runs", "digits-mlp.npz"),
-                   help="where to save the trained model ('' to skip)")
+    t.add_argument("--save", default=None,
+                   help="where to save the trained model (default runs/digits-MODEL.npz; "
+                        "'' to skip)")
     t.add_argument("--metrics-out", default=None, help="write final metrics as JSON here")
     t.add_argument("--quiet", action="store_true", help="no progress bars; one line per epoch")
     t.set_defaults(run=cmd_train)

@@ -39,3 +39,11 @@ def test_bad_flag_values_are_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--lr", "-1"])
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_train_the_cnn_from_the_command_line(tmp_path):
+    metrics = tmp_path / "m.json"
+    assert main(["train", "--model", "cnn", "--device", "cpu", "--epochs", "2", "--limit", "300",
+                 "--quiet", "--save", "", "--metrics-out", str(metrics)]) == 0
+    result = json.loads(metrics.read_text())
+    assert result["model"] == "cnn" and result["test_accuracy"] > 0.5

@@ -4,7 +4,8 @@ import time
 import pytest
 
 import gpudl
-from gpudl.layers import Conv2D, Dense, Flatten, ReLU
+from gpudl.layers import Conv2D, Dense, Flatten
+from gpudl.zoo import small_cnn
 
 
 @pytest.mark.slow
@@ -12,10 +13,10 @@ def test_small_cnn_reaches_95_percent_on_digits():
     gpudl.set_device("cpu")
     gpudl.manual_seed(0)
     (x_train, y_train), (x_test, y_test) = gpudl.data.load_digits(flatten=False)
-    model = gpudl.Sequential([
-        Conv2D(1, 16, 3, padding="same"), ReLU(),
-        Conv2D(16, 32, 3, stride=2, padding="same"), ReLU(),   # 8x8 -> 4x4
-        Flatten(), Dense(32 * 4 * 4, 10)], input_shape=(1, 8, 8))
+    model = small_cnn((1, 8, 8), 10)
+    kinds = [type(l) for l in model.layers]
+    assert Conv2D in kinds and Flatten in kinds and kinds[-1] is Dense
+    assert model.output_shape() == (10,)
     trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), gpudl.optim.SGD(0.05, 0.9))
     t0 = time.perf_counter()
     trainer.fit(x_train, y_train, epochs=12, batch_size=32, seed=0, verbose=False)
