@@ -13,11 +13,13 @@ import numpy as np
 from .convshape import conv_output_hw, pair, resolve_padding
 
 
-def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, return_index=False):
+def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, groups=1,
+                return_index=False):
     """Dense matrix M (C H W, O OH OW) with vec(conv(x)) = M^T vec(x).
 
     ``weight`` is (K_h, K_w) for one channel in and out, or (O, C, K_h, K_w);
-    ``input_shape`` is (H, W) or (C, H, W); padding as Conv2D takes it.
+    ``input_shape`` is (H, W) or (C, H, W); padding as Conv2D takes it; with
+    ``groups`` the weight is (O, C / groups, K_h, K_w) as in Conv2D.
     With ``return_index`` also returns an int matrix of the same shape giving
     the flat index into ``weight`` of each entry (-1 where M is 0)."""
     w = np.asarray(weight)
@@ -26,9 +28,11 @@ def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, return_ind
     shape = tuple(input_shape)
     if len(shape) == 2:
         shape = (1,) + shape
-    o, c, kh, kw = w.shape
-    if shape[0] != c:
-        raise ValueError(f"conv_matrix: weight has {c} input channels, input_shape {input_shape}")
+    o, cg, kh, kw = w.shape
+    c = cg * groups
+    if shape[0] != c or o % groups:
+        raise ValueError(f"conv_matrix: weight {w.shape} with groups={groups} does not fit "
+                         f"input_shape {input_shape}")
     _, h, wd = shape
     stride, dilation = pair(stride, "stride", "conv_matrix"), pair(dilation, "dilation", "conv_matrix")
     pads = resolve_padding(padding, (h, wd), (kh, kw), stride, dilation, "conv_matrix")
@@ -38,7 +42,8 @@ def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, return_ind
         for i in range(oh):
             for j in range(ow):
                 col = (oc * oh + i) * ow + j
-                for ic in range(c):
+                for gc in range(cg):
+                    ic = oc // (o // groups) * cg + gc  # input channel of this group
                     for p in range(kh):
                         r = i * stride[0] - pads[0] + p * dilation[0]
                         if not 0 <= r < h:
@@ -46,6 +51,6 @@ def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, return_ind
                         for q in range(kw):
                             s = j * stride[1] - pads[2] + q * dilation[1]
                             if 0 <= s < wd:
-                                index[(ic * h + r) * wd + s, col] = ((oc * c + ic) * kh + p) * kw + q
+                                index[(ic * h + r) * wd + s, col] = ((oc * cg + gc) * kh + p) * kw + q
     m = np.where(index >= 0, w.reshape(-1)[np.maximum(index, 0)], 0).astype(w.dtype)
     return (m, index) if return_index else m

@@ -32,7 +32,7 @@ def test_the_notes_4x4_image_3x3_kernel_matrix():
 
 
 configs = st.fixed_dictionaries({
-    "c": st.integers(1, 3), "o": st.integers(1, 3), "h": st.integers(3, 9), "w": st.integers(3, 9),
+    "c": st.integers(1, 3), "o": st.integers(1, 3), "groups": st.sampled_from([1, 2, "depthwise"]), "h": st.integers(3, 9), "w": st.integers(3, 9),
     "k": st.tuples(st.integers(1, 4), st.integers(1, 4)),
     "stride": st.tuples(st.integers(1, 4), st.integers(1, 4)),
     "dilation": st.tuples(st.integers(1, 3), st.integers(1, 3)),
@@ -42,25 +42,33 @@ configs = st.fixed_dictionaries({
 
 
 def _layer(cfg, dtype=np.float64):
-    return Conv2D(cfg["c"], cfg["o"], cfg["k"], cfg["stride"], cfg["padding"], cfg["dilation"],
+    """groups 2 doubles the channels; depthwise gives each input channel o kernels."""
+    g = cfg["groups"]
+    c, o = cfg["c"], cfg["o"]
+    if g == 2:
+        c, o = 2 * c, 2 * o
+    elif g == "depthwise":
+        g, o = c, c * o
+    return Conv2D(c, o, cfg["k"], cfg["stride"], cfg["padding"], cfg["dilation"], groups=g,
                   dtype=dtype, seed=cfg["seed"])
 
 
 def _fits(cfg):
     try:
-        _layer(cfg).output_shape((cfg["c"], cfg["h"], cfg["w"]))
+        layer = _layer(cfg)
+        layer.output_shape((layer.in_channels, cfg["h"], cfg["w"]))
         return True
     except gpudl.ShapeError:
         return False
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(cfg=configs.filter(_fits))
 def test_forward_and_both_gradients_equal_the_convolution_matrix(cfg):
     layer = _layer(cfg)
-    x = rand(2, cfg["c"], cfg["h"], cfg["w"], seed=cfg["seed"])
+    x = rand(2, layer.in_channels, cfg["h"], cfg["w"], seed=cfg["seed"])
     m, index = conv_matrix(layer.params["W"], x.shape[1:], cfg["stride"], cfg["padding"],
-                           cfg["dilation"], return_index=True)
+                           cfg["dilation"], layer.groups, return_index=True)
     layer.params["b"][:] = 0
     y = layer.forward(x)
     np.testing.assert_allclose(y.reshape(2, -1), x.reshape(2, -1) @ m, atol=1e-12)
