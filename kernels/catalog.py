@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numba import boolean, float32, float64, int64
 
 from . import elementwise as ew
-from . import loss, matmul, optim, reduce, softmax
+from . import conv, loss, matmul, optim, reduce, softmax
 
 FLOATS = (float32, float64)
 
@@ -33,6 +33,17 @@ def _v(t):  # 1-D C-contiguous
 
 def _m(t):  # 2-D C-contiguous
     return t[:, ::1]
+
+
+def _t3(t):  # 3-D C-contiguous
+    return t[:, :, ::1]
+
+
+def _t4(t):  # 4-D C-contiguous
+    return t[:, :, :, ::1]
+
+
+_GEO = (int64,) * 6  # sh, sw, dh, dw, top, left
 
 
 KERNELS = []
@@ -65,6 +76,16 @@ KERNELS += [
      _sigs(lambda t: (_v(t), _v(t), _v(t), _v(t), t, t, t))),
     ("binary_cross_entropy_logits", loss.binary_cross_entropy_logits,
      _sigs(lambda t: (_v(t), _v(t), _v(t), _v(t), t))),
+    ("add_channel_bias", ew.add_channel_bias, _sigs(lambda t: (_v(t), _v(t), int64))),
+    ("sum_channels_partial", reduce.sum_channels_partial, _sigs(lambda t: (_t3(t), _m(t)))),
+    ("conv2d_direct_fwd", conv.conv2d_direct_fwd, _sigs(lambda t: (_t4(t),) * 3 + _GEO)),
+    ("conv2d_direct_bwd_input", conv.conv2d_direct_bwd_input,
+     _sigs(lambda t: (_t4(t),) * 3 + _GEO)),
+    ("conv2d_direct_bwd_weight", conv.conv2d_direct_bwd_weight,
+     _sigs(lambda t: (_t4(t), _t4(t), _m(t), int64, int64) + _GEO)),
+    ("im2col", conv.im2col, _sigs(lambda t: (_t4(t), _t3(t)) + (int64,) * 4 + _GEO)),
+    ("col2im", conv.col2im, _sigs(lambda t: (_t3(t), _t4(t)) + (int64,) * 4 + _GEO)),
+    ("swap_axes01", conv.swap_axes01, _sigs(lambda t: (_t3(t), _t3(t)))),
     ("sgd", optim.sgd, _sigs(lambda t: (_v(t), _v(t), t, t))),
     ("sgd_momentum", optim.sgd_momentum,
      _sigs(lambda t: (_v(t), _v(t), _v(t), t, t, t, boolean))),

@@ -124,3 +124,12 @@ def take_rows(x, idx, out):
             src += n
         if 0 <= src < n:
             out[r, e - r * d] = x[src, e - r * d]
+
+
+@cuda.jit
+def add_channel_bias(y, b, hw):
+    """y[n, c, :, :] += b[c], y flattened to (N*C*HW,), b (C,)."""
+    c = b.shape[0]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, y.shape[0], stride):
+        y[i] += b[(i // hw) % c]

@@ -182,3 +182,60 @@ def argmax_rows(x, out):
         s //= 2
     if tx == 0 and row < n:
         out[row] = idxs[ty, 0]
+
+
+# ---- one value per block: channel sums, conv weight gradients ------------
+# Shared tree size; a launch uses any power-of-two block up to it (the
+# simulator runs 64 threads, a GPU 256).
+BLOCK_MAX = 256
+
+
+@cuda.jit(device=True, inline=True)
+def block_sum(red, acc):
+    """Sum of acc over the block's threads, returned to every thread.
+
+    blockDim.x must be a power of two <= red.size. Every thread must call
+    it; it ends on a syncthreads so red can be refilled straight away."""
+    tid = cuda.threadIdx.x
+    red[tid] = acc
+    cuda.syncthreads()
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if tid < s:
+            red[tid] += red[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    total = red[0]
+    cuda.syncthreads()
+    return total
+
+
+def reduce_grid(n_out, n_red, target_blocks, threads):
+    """(blocks_x, blocks_y) for n_out sums of n_red terms each, one block per
+    (output, y-slice). Few outputs over many terms (a bias gradient of 16
+    channels over a 1M-pixel batch) get several y-slices, summed afterwards
+    by a second pass in a fixed order, so the GPU stays busy without atomics."""
+    bx = max(1, min(n_out, target_blocks))
+    by = max(1, min(-(-n_red // (4 * threads)), target_blocks // bx))
+    return bx, by
+
+
+@cuda.jit
+def sum_channels_partial(g, partial):
+    """partial[by, c] = sum of g[:, c, :] over the y-slice by of its N*HW terms.
+
+    g is (N, C, H*W). Consecutive threads take consecutive pixels, so reads
+    coalesce along each image row; blocks stride over channels."""
+    red = cuda.shared.array(BLOCK_MAX, g.dtype)
+    n = g.shape[0]
+    c = g.shape[1]
+    hw = g.shape[2]
+    step = cuda.blockDim.x * cuda.gridDim.y
+    first = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    for ch in range(cuda.blockIdx.x, c, cuda.gridDim.x):
+        acc = g.dtype.type(0)
+        for k in range(first, n * hw, step):
+            acc += g[k // hw, ch, k % hw]
+        total = block_sum(red, acc)
+        if cuda.threadIdx.x == 0:
+            partial[cuda.blockIdx.y, ch] = total

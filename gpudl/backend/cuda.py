@@ -29,6 +29,7 @@ from ..kernels import matmul as mm  # noqa: E402
 from ..kernels import optim as ok  # noqa: E402
 from ..kernels import reduce as rk  # noqa: E402
 from ..kernels import softmax as sk  # noqa: E402
+from . import cuda_conv  # noqa: E402
 from .base import Backend  # noqa: E402
 from .cpu import BCE_EPS  # noqa: E402
 
@@ -201,6 +202,22 @@ class CUDABackend(Backend):
         self._launch_flat(ew.axpby, x.size, t(alpha), x.reshape(-1), t(beta), y.reshape(-1),
                           out.reshape(-1))
         return out
+
+    # ---- convolution (kernels and launches in cuda_conv.py) ------------------
+    def conv2d(self, x, w, stride, pads, dilation, groups=1):
+        return cuda_conv.conv2d(self, x, w, stride, pads, dilation, groups)
+
+    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1):
+        return cuda_conv.conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups)
+
+    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1):
+        return cuda_conv.conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups)
+
+    def add_channel_bias(self, y, b):
+        cuda_conv.add_channel_bias(self, y, b)
+
+    def sum_channels(self, g):
+        return cuda_conv.sum_channels(self, g)
 
     # ---- activations -------------------------------------------------------
     def _unary(self, kernel, x):
