@@ -1,0 +1,211 @@
+"""Convolution launches for the CUDA backend: shape checks, then the kernels
+of gpudl.kernels.conv. Functions take the backend (its launch, empty, _c).
+
+Each conv op takes ``version`` ("direct" or "im2col", see kernels/conv.py);
+None picks direct for depthwise convolutions, where each group is a
+one-channel GEMM, and CONV_DEFAULT otherwise.
+"""
+from __future__ import annotations
+
+from ..convshape import conv_output_hw
+from ..errors import ShapeError
+from ..kernels import conv as ck
+from ..kernels import elementwise as ew
+from ..kernels import matmul as mm
+from ..kernels import reduce as rk
+
+
+SIM_REDUCE_THREADS = 16
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _groups_arg(op, groups):
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
+    return groups
+
+
+def _groups(op, c, w_shape, groups, what="w"):
+    """(G, Og, Cg) after checking that w_shape = (O, C // G, KH, KW) fits C channels."""
+    _groups_arg(op, groups)
+    o, cg = w_shape[0], w_shape[1]
+    if c % groups or o % groups or cg != c // groups:
+        raise ShapeError(f"{op}: {c} input channels and {what} of shape {tuple(w_shape)} do not "
+                         f"fit groups={groups}: both C and O must divide by groups and "
+                         f"{what} must be (O, C // groups, KH, KW)")
+    return groups, o // groups, cg
+
+
+def _ndim4(op, **arrays):
+    for name, a in arrays.items():
+        if a.ndim != 4:
+            raise ShapeError(f"{op}: {name} must be 4-D (NCHW), got shape {tuple(a.shape)}")
+
+
+def _version(version, groups, cg):
+    if version is None:
+        return "direct" if groups > 1 and cg == 1 else ck.CONV_DEFAULT
+    if version not in ck.VERSIONS:
+        raise ValueError(f"unknown conv version {version!r}: choose one of {ck.VERSIONS}")
+    return version
+
+
+def _geometry(stride, pads, dilation):
+    """Kernel scalar arguments (sh, sw, dh, dw, top, left) as Python ints."""
+    return (int(stride[0]), int(stride[1]), int(dilation[0]), int(dilation[1]),
+            int(pads[0]), int(pads[2]))
+
+
+def _matmuls(be, variant, a, b, c):
+    """c[g] = op(a[g]) @ op(b[g]) for each group: one launch per group of the
+    default matmul on contiguous 2-D slices."""
+    kernel = mm.KERNELS[mm.MATMUL_DEFAULT][variant]
+    grid, block = mm.launch_config(mm.MATMUL_DEFAULT, c.shape[1], c.shape[2])
+    for g in range(c.shape[0]):
+        be.launch(kernel, grid, block, a[g], b[g], c[g])
+
+
+def _swap01(be, src, shape):
+    """(A, B, P) -> (B, A, P) as a new array; a free reshape when A or B is 1."""
+    a, b, p = src.shape
+    if a == 1 or b == 1:
+        return src.reshape(shape)
+    dst = be.empty(shape, src.dtype)
+    be._launch_flat(ck.swap_axes01, dst.size, src, dst.reshape(b, a, p))
+    return dst
+
+
+def _im2col(be, x, k_hw, out_hw, geo, groups):
+    n, c = x.shape[:2]
+    cols = be.empty((groups, n * out_hw[0] * out_hw[1], c // groups * k_hw[0] * k_hw[1]),
+                    x.dtype)
+    be._launch_flat(ck.im2col, cols.size, x, cols, *k_hw, *out_hw, *geo)
+    return cols
+
+
+def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None):
+    _ndim4("conv2d", x=x, w=w)
+    x, w = be._pair(x, w)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    g, og, cg = _groups("conv2d", c, w.shape, groups)
+    oh, ow = conv_output_hw((h, wd), (kh, kw), stride, pads, dilation, "conv2d")
+    geo = _geometry(stride, pads, dilation)
+    if _version(version, g, cg) == "direct" or n == 0:
+        y = be.empty((n, o, oh, ow), x.dtype)
+        be._launch_flat(ck.conv2d_direct_fwd, y.size, x, w, y, *geo)
+        return y
+    cols = _im2col(be, x, (kh, kw), (oh, ow), geo, g)
+    ycols = be.empty((g, og, n * oh * ow), x.dtype)  # row o of y^T = w[o] . window
+    _matmuls(be, "nt", w.reshape(g, og, cg * kh * kw), cols, ycols)
+    return _swap01(be, ycols.reshape(o, n, oh * ow), (n, o, oh * ow)).reshape(n, o, oh, ow)
+
+
+def _check_dy(op, dy, n, o, in_hw, k_hw, stride, pads, dilation):
+    expect = conv_output_hw(in_hw, k_hw, stride, pads, dilation, op)
+    if tuple(dy.shape) != (n, o) + expect:
+        raise ShapeError(f"{op}: an input of {in_hw[0]}x{in_hw[1]} with {n} images and {o} "
+                         f"output channels gives a gradient of shape {(n, o) + expect}, but dy "
+                         f"has shape {tuple(dy.shape)}")
+
+
+def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, version=None):
+    _ndim4("conv2d_backward_input", dy=dy, w=w)
+    dy, w = be._pair(dy, w)
+    n, o, oh, ow = dy.shape
+    _, cg, kh, kw = w.shape
+    c = cg * _groups_arg("conv2d_backward_input", groups)
+    g, og, cg = _groups("conv2d_backward_input", c, w.shape, groups)
+    h, wd = int(in_hw[0]), int(in_hw[1])
+    _check_dy("conv2d_backward_input", dy, n, w.shape[0], (h, wd), (kh, kw), stride, pads,
+              dilation)
+    geo = _geometry(stride, pads, dilation)
+    dx = be.empty((n, c, h, wd), dy.dtype)
+    if _version(version, g, cg) == "direct" or n == 0:
+        be._launch_flat(ck.conv2d_direct_bwd_input, dx.size, dy, w, dx, *geo)
+        return dx
+    dyt = _swap01(be, dy.reshape(n, o, oh * ow), (o, n, oh * ow)).reshape(g, og, n * oh * ow)
+    dcols = be.empty((g, n * oh * ow, cg * kh * kw), dy.dtype)
+    _matmuls(be, "tn", dyt, w.reshape(g, og, cg * kh * kw), dcols)
+    be._launch_flat(ck.col2im, dx.size, dcols, dx, kh, kw, oh, ow, *geo)
+    return dx
+
+
+def conv2d_backward_weight(be, dy, x, k_hw, stride, pads, dilation, groups=1, version=None):
+    _ndim4("conv2d_backward_weight", dy=dy, x=x)
+    dy, x = be._pair(dy, x)
+    n, c, h, wd = x.shape
+    o = dy.shape[1]
+    kh, kw = int(k_hw[0]), int(k_hw[1])
+    w_shape = (o, c // _groups_arg("conv2d_backward_weight", groups), kh, kw)
+    g, og, cg = _groups("conv2d_backward_weight", c, w_shape, groups, "dw")
+    _check_dy("conv2d_backward_weight", dy, n, o, (h, wd), (kh, kw), stride, pads, dilation)
+    oh, ow = dy.shape[2:]
+    geo = _geometry(stride, pads, dilation)
+    dw = be.empty(w_shape, x.dtype)
+    if _version(version, g, cg) == "direct" or n == 0:
+        bwd_weight_direct(be, dy, x, dw, geo)
+        return dw
+    cols = _im2col(be, x, (kh, kw), (oh, ow), geo, g)
+    dyt = _swap01(be, dy.reshape(n, o, oh * ow), (o, n, oh * ow)).reshape(g, og, n * oh * ow)
+    _matmuls(be, "nn", dyt, cols, dw.reshape(g, og, cg * kh * kw))
+    return dw
+
+
+def _two_pass(be, kernel, n_out, n_red, out, args):
+    """kernel over a reduce_grid into partial rows, then a fixed-order sum of
+    the rows into out (skipped when one row already is the answer).
+    args(partial) gives the kernel's arguments around its partial array."""
+    # Each simulated syncthreads costs about a ms per thread, and the tree
+    # runs log2(threads) of them per output: the simulator gets small blocks.
+    threads = SIM_REDUCE_THREADS if be.simulator else be._threads
+    assert threads & (threads - 1) == 0 and threads <= rk.BLOCK_MAX
+    if n_out == 0:
+        return
+    bx, by = rk.reduce_grid(n_out, n_red, be._max_blocks, threads)
+    if by == 1:
+        be.launch(kernel, (bx, 1), threads, *args(out.reshape(1, n_out)))
+        return
+    partial = be.empty((by, n_out), out.dtype)
+    be.launch(kernel, (bx, by), threads, *args(partial))
+    be.launch(rk.sum_rows_naive, _cdiv(n_out, threads), threads, partial, out.reshape(n_out))
+
+
+def bwd_weight_direct(be, dy, x, dw, geo):
+    kh, kw = dw.shape[2:]
+    _two_pass(be, ck.conv2d_direct_bwd_weight, dw.size, dy.shape[0] * dy.shape[2] * dy.shape[3],
+              dw, lambda partial: (dy, x, partial, kh, kw) + geo)
+
+
+# ---- channel bias -----------------------------------------------------------
+def _bias_shapes(op, y, b):
+    if y.ndim != 4 or b.ndim != 1 or b.shape[0] != y.shape[1]:
+        raise ShapeError(f"{op}: y must be (N, C, H, W) and b (C,), got y of shape "
+                         f"{tuple(y.shape)} and b of shape {tuple(b.shape)}")
+
+
+def add_channel_bias(be, y, b):
+    _bias_shapes("add_channel_bias", y, b)
+    b = be._c(b, y.dtype)
+    hw = y.shape[2] * y.shape[3]
+    if y.flags.c_contiguous:
+        be._launch_flat(ew.add_channel_bias, y.size, y.reshape(-1), b, hw)
+    else:  # in place on a view: work on a contiguous copy, then write it back
+        tmp = be._c(y)
+        be._launch_flat(ew.add_channel_bias, tmp.size, tmp.reshape(-1), b, hw)
+        y[...] = tmp
+
+
+def sum_channels(be, g):
+    if g.ndim != 4:
+        raise ShapeError(f"sum_channels needs a 4-D (N, C, H, W) array, got shape "
+                         f"{tuple(g.shape)}")
+    g = be._c(g)
+    n, c, h, w = g.shape
+    out = be.empty((c,), g.dtype)
+    _two_pass(be, rk.sum_channels_partial, c, n * h * w, out,
+              lambda partial: (g.reshape(n, c, h * w), partial))
+    return out
