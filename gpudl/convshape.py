@@ -68,3 +68,35 @@ def conv_output_hw(in_hw, kernel, stride, pads, dilation, owner="conv") -> tuple
             f"{effective_kernel(kernel[1], dilation[1])}) and stride {stride} gives an empty "
             f"output ({oh}x{ow})")
     return oh, ow
+
+
+# ---- argument checks shared by both backends
+def check_groups_arg(op, groups):
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
+    return groups
+
+
+def check_groups(op, c, w_shape, groups, what="w"):
+    """(G, Og, Cg) after checking that w_shape = (O, C // G, KH, KW) fits C channels."""
+    check_groups_arg(op, groups)
+    o, cg = w_shape[0], w_shape[1]
+    if c % groups or o % groups or cg != c // groups:
+        raise ShapeError(f"{op}: {c} input channels and {what} of shape {tuple(w_shape)} do not "
+                         f"fit groups={groups}: both C and O must divide by groups and "
+                         f"{what} must be (O, C // groups, KH, KW)")
+    return groups, o // groups, cg
+
+
+def check_ndim4(op, **arrays):
+    for name, a in arrays.items():
+        if a.ndim != 4:
+            raise ShapeError(f"{op}: {name} must be 4-D (NCHW), got shape {tuple(a.shape)}")
+
+
+def check_grad_shape(op, dy, n, o, in_hw, k_hw, stride, pads, dilation):
+    expect = conv_output_hw(in_hw, k_hw, stride, pads, dilation, op)
+    if tuple(dy.shape) != (n, o) + expect:
+        raise ShapeError(f"{op}: an input of {in_hw[0]}x{in_hw[1]} with {n} images and {o} "
+                         f"output channels gives a gradient of shape {(n, o) + expect}, but dy "
+                         f"has shape {tuple(dy.shape)}")

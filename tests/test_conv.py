@@ -230,3 +230,17 @@ def test_conv_model_save_load(tmp_path):
     loaded = gpudl.load(tmp_path / "cnn.npz")
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     assert loaded.num_params() == model.num_params()
+
+
+def test_backend_conv_ops_reject_mismatched_shapes():
+    be = gpudl.get_backend()
+    x, w = rand(1, 3, 5, 5), rand(2, 2, 3, 3)
+    geo = ((1, 1), (0, 0, 0, 0), (1, 1))
+    with pytest.raises(gpudl.ShapeError, match=r"3 input channels and w of shape \(2, 2, 3, 3\)"):
+        be.conv2d(x, w, *geo)
+    with pytest.raises(gpudl.ShapeError, match=r"gradient of shape \(1, 2, 3, 3\).*\(1, 2, 2, 2\)"):
+        be.conv2d_backward_input(rand(1, 2, 2, 2), rand(2, 3, 3, 3), (5, 5), *geo)
+    with pytest.raises(gpudl.ShapeError, match="4-D"):
+        be.conv2d(rand(3, 5, 5), rand(2, 3, 3, 3), *geo)
+    with pytest.raises(ValueError, match="groups"):
+        be.conv2d_backward_weight(rand(1, 2, 3, 3), x, (3, 3), *geo, groups=0)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..convshape import conv_output_hw
-from ..errors import ShapeError
+from ..convshape import (check_grad_shape, check_groups, check_groups_arg, check_ndim4,
+                         conv_output_hw)
 
 
 def _windows(x, k_hw, stride, pads, dilation):
@@ -48,6 +48,8 @@ def _depthwise(w, groups):
 
 
 def conv2d(x, w, stride, pads, dilation, groups=1):
+    check_ndim4("conv2d", x=x, w=w)
+    check_groups("conv2d", x.shape[1], w.shape, groups)
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     if _depthwise(w, groups):
@@ -66,8 +68,12 @@ def conv2d(x, w, stride, pads, dilation, groups=1):
 
 
 def conv2d_backward_weight(dy, x, k_hw, stride, pads, dilation, groups=1):
+    op = "conv2d_backward_weight"
+    check_ndim4(op, dy=dy, x=x)
     n, o, oh, ow = dy.shape
-    cg = x.shape[1] // groups
+    cg = x.shape[1] // check_groups_arg(op, groups)
+    check_groups(op, x.shape[1], (o, cg) + tuple(k_hw), groups, "dw")
+    check_grad_shape(op, dy, x.shape[0], o, x.shape[2:], k_hw, stride, pads, dilation)
     if cg == 1 and groups > 1:
         win, _ = _windows(x, k_hw, stride, pads, dilation)
         dy5 = dy.reshape(n, groups, o // groups, oh, ow)
@@ -82,13 +88,13 @@ def conv2d_backward_weight(dy, x, k_hw, stride, pads, dilation, groups=1):
 
 
 def conv2d_backward_input(dy, w, in_hw, stride, pads, dilation, groups=1):
+    op = "conv2d_backward_input"
+    check_ndim4(op, dy=dy, w=w)
     n, o, oh, ow = dy.shape
     _, cg, kh, kw = w.shape
     h, wd = in_hw
-    expect = conv_output_hw(in_hw, (kh, kw), stride, pads, dilation)
-    if expect != (oh, ow):
-        raise ShapeError(f"conv2d_backward_input: an input of {h}x{wd} gives a {expect[0]}x"
-                         f"{expect[1]} output, but the gradient is {oh}x{ow}")
+    check_groups(op, cg * check_groups_arg(op, groups), w.shape, groups)
+    check_grad_shape(op, dy, n, o, in_hw, (kh, kw), stride, pads, dilation)
     if _depthwise(w, groups):
         dy5 = dy.reshape(n, groups, o // groups, oh, ow)
         wm = w.reshape(groups, o // groups, kh, kw)

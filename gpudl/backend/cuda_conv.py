@@ -7,7 +7,8 @@ one-channel GEMM, and CONV_DEFAULT otherwise.
 """
 from __future__ import annotations
 
-from ..convshape import conv_output_hw
+from ..convshape import (check_grad_shape, check_groups, check_groups_arg, check_ndim4,
+                         conv_output_hw)
 from ..errors import ShapeError
 from ..kernels import conv as ck
 from ..kernels import elementwise as ew
@@ -20,29 +21,6 @@ SIM_REDUCE_THREADS = 16
 
 def _cdiv(a, b):
     return -(-a // b)
-
-
-def _groups_arg(op, groups):
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
-    return groups
-
-
-def _groups(op, c, w_shape, groups, what="w"):
-    """(G, Og, Cg) after checking that w_shape = (O, C // G, KH, KW) fits C channels."""
-    _groups_arg(op, groups)
-    o, cg = w_shape[0], w_shape[1]
-    if c % groups or o % groups or cg != c // groups:
-        raise ShapeError(f"{op}: {c} input channels and {what} of shape {tuple(w_shape)} do not "
-                         f"fit groups={groups}: both C and O must divide by groups and "
-                         f"{what} must be (O, C // groups, KH, KW)")
-    return groups, o // groups, cg
-
-
-def _ndim4(op, **arrays):
-    for name, a in arrays.items():
-        if a.ndim != 4:
-            raise ShapeError(f"{op}: {name} must be 4-D (NCHW), got shape {tuple(a.shape)}")
 
 
 def _version(version, groups, cg):
@@ -87,11 +65,11 @@ def _im2col(be, x, k_hw, out_hw, geo, groups):
 
 
 def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None):
-    _ndim4("conv2d", x=x, w=w)
+    check_ndim4("conv2d", x=x, w=w)
     x, w = be._pair(x, w)
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    g, og, cg = _groups("conv2d", c, w.shape, groups)
+    g, og, cg = check_groups("conv2d", c, w.shape, groups)
     oh, ow = conv_output_hw((h, wd), (kh, kw), stride, pads, dilation, "conv2d")
     geo = _geometry(stride, pads, dilation)
     if _version(version, g, cg) == "direct" or n == 0:
@@ -104,23 +82,15 @@ def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None):
     return _swap01(be, ycols.reshape(o, n, oh * ow), (n, o, oh * ow)).reshape(n, o, oh, ow)
 
 
-def _check_dy(op, dy, n, o, in_hw, k_hw, stride, pads, dilation):
-    expect = conv_output_hw(in_hw, k_hw, stride, pads, dilation, op)
-    if tuple(dy.shape) != (n, o) + expect:
-        raise ShapeError(f"{op}: an input of {in_hw[0]}x{in_hw[1]} with {n} images and {o} "
-                         f"output channels gives a gradient of shape {(n, o) + expect}, but dy "
-                         f"has shape {tuple(dy.shape)}")
-
-
 def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, version=None):
-    _ndim4("conv2d_backward_input", dy=dy, w=w)
+    check_ndim4("conv2d_backward_input", dy=dy, w=w)
     dy, w = be._pair(dy, w)
     n, o, oh, ow = dy.shape
     _, cg, kh, kw = w.shape
-    c = cg * _groups_arg("conv2d_backward_input", groups)
-    g, og, cg = _groups("conv2d_backward_input", c, w.shape, groups)
+    c = cg * check_groups_arg("conv2d_backward_input", groups)
+    g, og, cg = check_groups("conv2d_backward_input", c, w.shape, groups)
     h, wd = int(in_hw[0]), int(in_hw[1])
-    _check_dy("conv2d_backward_input", dy, n, w.shape[0], (h, wd), (kh, kw), stride, pads,
+    check_grad_shape("conv2d_backward_input", dy, n, w.shape[0], (h, wd), (kh, kw), stride, pads,
               dilation)
     geo = _geometry(stride, pads, dilation)
     dx = be.empty((n, c, h, wd), dy.dtype)
@@ -135,14 +105,14 @@ def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, ve
 
 
 def conv2d_backward_weight(be, dy, x, k_hw, stride, pads, dilation, groups=1, version=None):
-    _ndim4("conv2d_backward_weight", dy=dy, x=x)
+    check_ndim4("conv2d_backward_weight", dy=dy, x=x)
     dy, x = be._pair(dy, x)
     n, c, h, wd = x.shape
     o = dy.shape[1]
     kh, kw = int(k_hw[0]), int(k_hw[1])
-    w_shape = (o, c // _groups_arg("conv2d_backward_weight", groups), kh, kw)
-    g, og, cg = _groups("conv2d_backward_weight", c, w_shape, groups, "dw")
-    _check_dy("conv2d_backward_weight", dy, n, o, (h, wd), (kh, kw), stride, pads, dilation)
+    w_shape = (o, c // check_groups_arg("conv2d_backward_weight", groups), kh, kw)
+    g, og, cg = check_groups("conv2d_backward_weight", c, w_shape, groups, "dw")
+    check_grad_shape("conv2d_backward_weight", dy, n, o, (h, wd), (kh, kw), stride, pads, dilation)
     oh, ow = dy.shape[2:]
     geo = _geometry(stride, pads, dilation)
     dw = be.empty(w_shape, x.dtype)
