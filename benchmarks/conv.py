@@ -1,8 +1,8 @@
-"""Convolution forward, input gradient and weight gradient: gpudl against PyTorch
-(cuDNN on a GPU: TF32 off and cudnn.benchmark on, and PyTorch's defaults
-separately; oneDNN/ATen on a CPU). Each gpudl result is checked against
-PyTorch before it is timed.
-Usage: python -m benchmarks.conv [--device cpu|cuda] [--quick]
+"""Forward and backward (input and weight gradients) of a fixed set of
+convolution layers: gpudl against PyTorch (cuDNN on a GPU, TF32 off and
+cudnn.benchmark on; ATen/oneDNN on a CPU). Each gpudl result is checked
+against PyTorch before it is timed.
+Usage: python -m benchmarks.conv [--device cpu|cuda] [--repeat 5]
 """
 from __future__ import annotations
 
@@ -12,82 +12,89 @@ import numpy as np
 
 from .common import cpu_name, gpu_name, record, time_cpu, time_cuda
 
-# (name, N, C, H, W, O, K, stride, padding, dilation, groups)
-SHAPES = [
-    ("3x3 same", 32, 64, 32, 32, 64, 3, 1, 1, 1, 1),
-    ("3x3 stride 2", 32, 64, 32, 32, 128, 3, 2, 1, 1, 1),
-    ("3x3 dilation 2", 16, 32, 32, 32, 32, 3, 1, 2, 2, 1),
-    ("depthwise 3x3", 32, 128, 32, 32, 128, 3, 1, 1, 1, 128),
-    ("1x1 pointwise", 32, 128, 16, 16, 256, 1, 1, 0, 1, 1),
-]
+# name: (gpudl layer kwargs, kind, batch, input C, H, W)
+LAYERS = {
+    "LeNet conv1 1->6 5x5": (dict(in_channels=1, out_channels=6, kernel_size=5), "conv", 64, 1, 32, 32),
+    "LeNet conv2 6->16 5x5": (dict(in_channels=6, out_channels=16, kernel_size=5), "conv", 64, 6, 14, 14),
+    "ResNet 3x3 64->64 @32": (dict(in_channels=64, out_channels=64, kernel_size=3, padding=1,
+                                   bias=False), "conv", 64, 64, 32, 32),
+    "ResNet 3x3 128->128 @16": (dict(in_channels=128, out_channels=128, kernel_size=3, padding=1,
+                                     bias=False), "conv", 64, 128, 16, 16),
+    "depthwise 3x3 128 @16": (dict(channels=128, kernel_size=3, padding=1), "depthwise", 64, 128, 16, 16),
+    "transposed 4x4 s2 64->32 @16": (dict(in_channels=64, out_channels=32, kernel_size=4, stride=2,
+                                          padding=1), "transposed", 64, 64, 16, 16),
+}
+
+
+def _torch_fn(kind, kw, layer):
+    import torch.nn.functional as F
+    if kind == "transposed":
+        return lambda x, w, b: F.conv_transpose2d(x, w, b, stride=kw["stride"], padding=kw["padding"])
+    groups = kw.get("channels", 1) if kind == "depthwise" else 1
+    pad = kw.get("padding", 0)
+    return lambda x, w, b: F.conv2d(x, w, b, padding=pad, groups=groups)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--quick", action="store_true", help="a quarter of the batch")
-    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--batch", type=int, default=None, help="override every batch size")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     import gpudl
+    from gpudl.layers import Conv2D, Conv2DTranspose, DepthwiseConv2D
     be = gpudl.set_device(args.device)
     dev = "cuda" if args.device == "cuda" else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
-    timer = time_cuda if args.device == "cuda" else time_cpu
+    timer = time_cuda if dev == "cuda" else time_cpu
+    make = {"conv": Conv2D, "depthwise": DepthwiseConv2D, "transposed": Conv2DTranspose}
     rows = []
-    for name, n, c, h, w, o, k, s, pd, d, g in SHAPES:
-        if args.quick:
-            n = max(1, n // 4)
+    for name, (kw, kind, n, c, h, w) in LAYERS.items():
+        n = args.batch or n
+        gpudl.manual_seed(0)
+        layer = make[kind](**kw)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-        wt = rng.standard_normal((o, c // g, k, k), dtype=np.float32) * 0.1
-        pads, st, dil = (pd, pd, pd, pd), (s, s), (d, d)
-        xd, wd = be.asarray(x), be.asarray(wt)
-        y = be.conv2d(xd, wd, st, pads, dil, g)
+        xd = be.asarray(x)
+        y = layer.forward(xd, training=True)
         dy = be.asarray(rng.standard_normal(y.shape, dtype=np.float32))
+        dx = layer.backward(dy)
         tx = torch.from_numpy(x).to(dev).requires_grad_(True)
-        tw = torch.from_numpy(wt).to(dev).requires_grad_(True)
-        ty = F.conv2d(tx, tw, stride=s, padding=pd, dilation=d, groups=g)
+        tw = torch.from_numpy(be.to_numpy(layer.params["W"])).to(dev).requires_grad_(True)
+        tb = (torch.from_numpy(be.to_numpy(layer.params["b"])).to(dev).requires_grad_(True)
+              if "b" in layer.params else None)
+        fn = _torch_fn(kind, kw, layer)
+        ty = fn(tx, tw, tb)
         tdy = torch.from_numpy(be.to_numpy(dy)).to(dev)
-        tdx, tdw = torch.autograd.grad(ty, (tx, tw), tdy)
-        ours = {"forward": lambda: be.conv2d(xd, wd, st, pads, dil, g),
-                "input grad": lambda: be.conv2d_backward_input(dy, wd, (h, w), st, pads, dil, g),
-                "weight grad": lambda: be.conv2d_backward_weight(dy, xd, (k, k), st, pads, dil, g)}
-        theirs = {"forward": lambda: F.conv2d(tx, tw, stride=s, padding=pd, dilation=d, groups=g),
-                  "input grad": lambda: torch.nn.grad.conv2d_input(
-                      tx.shape, tw, tdy, stride=s, padding=pd, dilation=d, groups=g),
-                  "weight grad": lambda: torch.nn.grad.conv2d_weight(
-                      tx, tw.shape, tdy, stride=s, padding=pd, dilation=d, groups=g)}
-        refs = {"forward": ty, "input grad": tdx, "weight grad": tdw}
-        flops = 2.0 * n * o * y.shape[2] * y.shape[3] * (c // g) * k * k
-        for op in ours:
-            got = be.to_numpy(ours[op]())
-            ref = refs[op].detach().cpu().numpy()
-            err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-            if not err < 1e-4:
-                raise AssertionError(f"{name} {op}: relative error {err} against PyTorch")
-            with torch.no_grad():
-                t_ours = timer(ours[op], repeat=args.repeat)
-                t_ref = timer(theirs[op], repeat=args.repeat)
-            rows.append([name, op, f"{t_ours * 1e3:.3f}", f"{t_ref * 1e3:.3f}",
-                         f"{flops / t_ours / 1e9:.1f}", f"{t_ref / t_ours:.3f}", f"{err:.1e}"])
+        wrt = (tx, tw) + ((tb,) if tb is not None else ())  # the same work as layer.backward
+        tgrads = torch.autograd.grad(ty, wrt, tdy, retain_graph=True)
+        errs = []
+        for got, ref in ((y, ty), (dx, tgrads[0]), (layer.grads["W"], tgrads[1])):
+            ref = ref.detach().cpu().numpy()
+            errs.append(float(np.linalg.norm(be.to_numpy(got) - ref) / np.linalg.norm(ref)))
+        if not max(errs) < 1e-4:
+            raise AssertionError(f"{name}: relative errors {errs} against PyTorch")
+        t_fwd = timer(lambda: layer.forward(xd, training=True), repeat=args.repeat)
+        t_bwd = timer(lambda: layer.backward(dy), repeat=args.repeat)
+        t_tfwd = timer(lambda: fn(tx, tw, tb), repeat=args.repeat)
+        t_tbwd = timer(lambda: torch.autograd.grad(ty, wrt, tdy, retain_graph=True),
+                       repeat=args.repeat)
+        rows.append([name, n, f"{t_fwd * 1e3:.2f}", f"{t_tfwd * 1e3:.2f}", f"{t_tfwd / t_fwd:.2f}",
+                     f"{t_bwd * 1e3:.2f}", f"{t_tbwd * 1e3:.2f}", f"{t_tbwd / t_bwd:.2f}",
+                     f"{max(errs):.1e}"])
     base = "cuDNN via PyTorch (TF32 off, benchmark on)" if dev == "cuda" else \
         f"PyTorch CPU ({torch.get_num_threads()} threads)"
-    record(f"Convolutions vs {base}, float32{' (quick)' if args.quick else ''}",
-           gpu_name() if dev == "cuda" else cpu_name(),
-           ["shape", "op", "gpudl ms", "baseline ms", "gpudl GFLOP/s", "baseline / gpudl",
-            "rel. error"], rows,
-           notes="Shapes (N, C, H, W -> O, K, stride, padding, dilation, groups): "
-                 + "; ".join(f"{r[0]} ({r[1]}, {r[2]}, {r[3]}, {r[4]} -> {r[5]}, {r[6]}, {r[7]}, "
-                             f"{r[8]}, {r[9]}, {r[10]})" for r in SHAPES)
-                 + ". A ratio above 1 means gpudl is faster.",
-           json_path=args.json)
+    record(f"Convolution layers vs {base}, float32", gpu_name() if dev == "cuda" else cpu_name(),
+           ["layer", "batch", "fwd ms", "base fwd ms", "fwd base/ours", "bwd ms", "base bwd ms",
+            "bwd base/ours", "max rel. err"], rows,
+           notes="bwd = input gradient and weight (and bias) gradient together. A ratio above 1 "
+                 "means gpudl is faster.", json_path=args.json)
 
 
 if __name__ == "__main__":
