@@ -75,3 +75,26 @@ def test_perceptron_rule_on_the_cuda_backend_matches_cpu():
     np.testing.assert_array_equal(gpu_p.predict(x), y)
     np.testing.assert_allclose(gpu_p.backend.to_numpy(gpu_p.params["W"]), cpu_p.params["W"],
                                rtol=1e-6)
+
+
+def test_cnn_step_matches_cpu():
+    """Convolutions (strided, padded, depthwise, transposed) in a training step."""
+    from gpudl.layers import Conv2D, Conv2DTranspose, DepthwiseConv2D, Flatten
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 3)
+    gpudl.set_device("cpu")
+    gpudl.manual_seed(4)
+    cpu_model = gpudl.Sequential([
+        Conv2D(2, 3, 3, stride=2, padding="same"), ReLU(),          # 5x5 -> 3x3
+        DepthwiseConv2D(3, 2, padding=1, dilation=2), Tanh(),       # 3x3 -> 3x3
+        Conv2DTranspose(3, 2, 2, stride=2), ReLU(),                 # 3x3 -> 6x6
+        Flatten(), Dense(2 * 6 * 6, 3)], input_shape=(2, 5, 5))
+    gpu_model = copy.deepcopy(cpu_model).to("cuda")
+    w_start = cpu_model.state_arrays()
+    h_cpu, w_cpu = _fit(cpu_model, gpudl.losses.CrossEntropy(), x, y, None)
+    h_gpu, w_gpu = _fit(gpu_model, gpudl.losses.CrossEntropy(), x, y, None)
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-5, atol=1e-6)
+    for k in w_cpu:
+        assert not np.allclose(w_cpu[k], w_start[k]), f"{k} did not train"
+        np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=1e-4, atol=1e-5, err_msg=k)
