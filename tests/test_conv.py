@@ -244,3 +244,28 @@ def test_backend_conv_ops_reject_mismatched_shapes():
         be.conv2d(rand(3, 5, 5), rand(2, 3, 3, 3), *geo)
     with pytest.raises(ValueError, match="groups"):
         be.conv2d_backward_weight(rand(1, 2, 3, 3), x, (3, 3), *geo, groups=0)
+
+
+def test_non_positive_dilation_and_stride():
+    with pytest.raises(ValueError, match=r"dilation must be an int >= 1.*0"):
+        Conv2D(1, 1, 3, dilation=0)
+    with pytest.raises(ValueError, match=r"stride must be an int >= 1.*-1"):
+        Conv2DTranspose(1, 1, 3, stride=-1)
+
+
+def test_wrong_weight_shape_on_load(tmp_path):
+    import json
+    import zipfile
+    model = gpudl.Sequential([Conv2D(2, 4, 3)], input_shape=(2, 6, 6))
+    path = tmp_path / "m.npz"
+    model.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    config = json.loads(arrays["__config__"].tobytes())
+    config["layers"][0]["config"]["kernel_size"] = [5, 5]  # the file's weight is 3x3
+    arrays["__config__"] = np.frombuffer(json.dumps(config).encode(), np.uint8)
+    np.savez(path, **arrays)
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(gpudl.ModelFileError,
+                       match=r"layers.0.W should have shape \(4, 2, 5, 5\), found \(4, 2, 3, 3\)"):
+        gpudl.load(path)
