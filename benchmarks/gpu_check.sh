@@ -32,8 +32,8 @@ timeout ${T_TRAIN:-120} $PY -m gpudl.cli train --device cuda --quiet --save "" -
 train_rc=${PIPESTATUS[0]}; [ "$train_rc" = 0 ] || status=1
 
 step "benchmarks"
-BENCH=${GPU_CHECK_BENCH:-matmul dense}  # a subset for a short lease, e.g. "dense"
-mm_rc=skipped dense_rc=skipped
+BENCH=${GPU_CHECK_BENCH:-matmul dense conv}  # a subset for a short lease, e.g. "dense"
+mm_rc=skipped dense_rc=skipped conv_rc=skipped
 if [[ " $BENCH " == *" matmul "* ]]; then
   timeout ${T_MM:-180} $PY -m benchmarks.matmul --json "$OUT/matmul.json" 2>&1 | tee "$OUT/bench-matmul.log" | tail -25
   mm_rc=${PIPESTATUS[0]}
@@ -42,13 +42,18 @@ if [[ " $BENCH " == *" dense "* ]]; then
   timeout ${T_DENSE:-90} $PY -m benchmarks.dense_step --device cuda --batch 1024 --json "$OUT/dense-gpu.json" 2>&1 | tee "$OUT/bench-dense.log" | tail -12
   dense_rc=${PIPESTATUS[0]}
 fi
+if [[ " $BENCH " == *" conv "* ]]; then
+  timeout ${T_CONV:-120} $PY -m benchmarks.conv --device cuda --json "$OUT/conv-gpu.json" 2>&1 | tee "$OUT/bench-conv.log" | tail -14
+  conv_rc=${PIPESTATUS[0]}
+fi
 
 step "summary"
 printf '%-28s %s\n' "GPU tests (tests/cuda)" "$( [ "$gpu_rc" = 0 ] && echo pass || echo "FAIL ($gpu_rc)")" \
   "CPU suite" "$( [ "$cpu_rc" = 0 ] && echo pass || echo "$cpu_rc")" \
   "gpudl train --device cuda" "$( [ "$train_rc" = 0 ] && echo pass || echo "FAIL ($train_rc)")" \
   "matmul benchmark" "$( [ "$mm_rc" = 0 ] && echo ok || echo "$mm_rc")" \
-  "dense-step benchmark" "$( [ "$dense_rc" = 0 ] && echo ok || echo "$dense_rc")"
+  "dense-step benchmark" "$( [ "$dense_rc" = 0 ] && echo ok || echo "$dense_rc")" \
+  "conv benchmark" "$( [ "$conv_rc" = 0 ] && echo ok || echo "$conv_rc")"
 [ -f "$OUT/train-gpu.json" ] && $PY -c "import json;m=json.load(open('$OUT/train-gpu.json'));print(f\"train: test accuracy {m['test_accuracy']:.4f} in {m['seconds']:.1f} s on {m['device_name']}\")"
 [ -f "$OUT/matmul.json" ] && $PY - "$OUT/matmul.json" <<'PYEOF'
 import json, sys
