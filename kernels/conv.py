@@ -27,6 +27,16 @@ VERSIONS = ("direct", "im2col")
 CONV_DEFAULT = "im2col"
 
 
+@cuda.jit(device=True, inline=True)
+def _unravel4(e, d1, d2, d3):
+    """(a, b, c, d) of flat index e in a C-ordered (., d1, d2, d3) array."""
+    d = e % d3
+    t = e // d3
+    c = t % d2
+    t //= d2
+    return t // d1, t % d1, c, d
+
+
 # ---- direct ---------------------------------------------------------------
 @cuda.jit
 def conv2d_direct_fwd(x, w, y, sh, sw, dh, dw, top, left):
@@ -43,12 +53,7 @@ def conv2d_direct_fwd(x, w, y, sh, sw, dh, dw, top, left):
     # ox varies fastest across threads: the y writes and the x reads of a
     # warp walk along image rows.
     for e in range(start, y.size, stride):
-        ox = e % ow
-        t = e // ow
-        oy = t % oh
-        t //= oh
-        oc = t % o
-        n = t // o
+        n, oc, oy, ox = _unravel4(e, o, oh, ow)
         c0 = (oc // og) * cg
         acc = y.dtype.type(0)
         for cl in range(cg):
@@ -89,12 +94,7 @@ def conv2d_direct_bwd_input(dy, w, dx, sh, sw, dh, dw, top, left):
     og = o // (c // cg)
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, dx.size, stride):
-        iw = e % wd
-        t = e // wd
-        ih = t % h
-        t //= h
-        ci = t % c
-        n = t // c
+        n, ci, ih, iw = _unravel4(e, c, h, wd)
         g = ci // cg
         cl = ci - g * cg
         acc = dx.dtype.type(0)
@@ -196,12 +196,7 @@ def col2im(cols, dx, kh, kw, oh, ow, sh, sw, dh, dw, top, left):
     cg = cols.shape[2] // (kh * kw)
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, dx.size, stride):
-        iw = e % wd
-        t = e // wd
-        ih = t % h
-        t //= h
-        ci = t % c
-        n = t // c
+        n, ci, ih, iw = _unravel4(e, c, h, wd)
         g = ci // cg
         cl = ci - g * cg
         acc = dx.dtype.type(0)

@@ -136,6 +136,7 @@ def test_direct_weight_grad(be, cpu, cfg, seed, chunks):
 def test_im2col_kernel(be, cfg, seed):
     x = rand(seed, (cfg.n, cfg.c, cfg.h, cfg.w))
     ref, out_hw = cpu_conv._cols(x, cfg.k, cfg.stride, cfg.pads, cfg.dilation, cfg.groups)
+    ref = ref.transpose(0, 2, 1)  # the CPU keeps (G, Cg*KH*KW, N*OH*OW), the GPU its transpose
     cols = be.asarray(poison_fill(ref.shape, np.float32))
     be.launch(ck.im2col, 2, 32, x, cols, *cfg.k, *out_hw, *cfg.geometry())
     check(host(be, cols), np.ascontiguousarray(ref), rtol=0, atol=0)
