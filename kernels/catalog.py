@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numba import boolean, float32, float64, int64
 
 from . import elementwise as ew
-from . import conv, loss, matmul, optim, reduce, softmax
+from . import conv, conv_implicit, loss, matmul, optim, reduce, softmax
 
 FLOATS = (float32, float64)
 
@@ -86,6 +86,12 @@ KERNELS += [
     ("im2col", conv.im2col, _sigs(lambda t: (_t4(t), _t3(t)) + (int64,) * 4 + _GEO)),
     ("col2im", conv.col2im, _sigs(lambda t: (_t3(t), _t4(t)) + (int64,) * 4 + _GEO)),
     ("swap_axes01", conv.swap_axes01, _sigs(lambda t: (_t3(t), _t3(t)))),
+    ("conv2d_implicit_fwd", conv_implicit.conv2d_implicit_fwd,
+     _sigs(lambda t: (_t4(t),) * 3 + _GEO)),
+    ("conv2d_implicit_bwd_input", conv_implicit.conv2d_implicit_bwd_input,
+     _sigs(lambda t: (_t4(t),) * 3 + _GEO)),
+    ("conv2d_implicit_bwd_weight", conv_implicit.conv2d_implicit_bwd_weight,
+     _sigs(lambda t: (_t4(t), _t4(t), _t3(t), int64, int64) + _GEO)),
     ("sgd", optim.sgd, _sigs(lambda t: (_v(t), _v(t), t, t))),
     ("sgd_momentum", optim.sgd_momentum,
      _sigs(lambda t: (_v(t), _v(t), _v(t), t, t, t, boolean))),

@@ -7,6 +7,8 @@
     im2col   unroll the input windows into a (N*OH*OW, Cg*KH*KW) matrix per
              group, then the register-blocked matmul: all the arithmetic
              runs in a kernel built for reuse. The default (CONV_DEFAULT).
+    implicit im2col's GEMMs without the matrix: each block builds its tiles
+             of it from x in shared memory (kernels/conv_implicit.py).
 
 Layout: x (N, C, H, W); w (O, Cg, KH, KW) with Cg = C // G for G groups;
 y (N, O, OH, OW). Output channel o reads input channels g*Cg .. g*Cg+Cg-1,
@@ -23,7 +25,7 @@ from numba import cuda
 
 from .reduce import BLOCK_MAX, block_sum
 
-VERSIONS = ("direct", "im2col")
+VERSIONS = ("direct", "im2col", "implicit")  # implicit: kernels/conv_implicit.py
 CONV_DEFAULT = "im2col"
 
 

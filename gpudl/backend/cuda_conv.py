@@ -1,9 +1,11 @@
 """Convolution launches for the CUDA backend: shape checks, then the kernels
 of gpudl.kernels.conv. Functions take the backend (its launch, empty, _c).
 
-Each conv op takes ``version`` ("direct" or "im2col", see kernels/conv.py);
-None picks direct for depthwise convolutions, where each group is a
-one-channel GEMM, and CONV_DEFAULT otherwise.
+Each conv op takes ``version`` ("direct", "im2col" or "implicit", see
+kernels/conv.py and kernels/conv_implicit.py); None picks direct for
+depthwise convolutions, where each group is a one-channel GEMM, and
+CONV_DEFAULT otherwise. A version named explicitly runs as asked, depthwise
+included.
 """
 from __future__ import annotations
 
@@ -11,12 +13,17 @@ from ..convshape import (check_grad_shape, check_groups, check_groups_arg, check
                          conv_output_hw)
 from ..errors import ShapeError
 from ..kernels import conv as ck
+from ..kernels import conv_implicit as ci
 from ..kernels import elementwise as ew
 from ..kernels import matmul as mm
 from ..kernels import reduce as rk
 
 
 SIM_REDUCE_THREADS = 16
+# Split-K for the implicit weight gradient: each split gets at least this many
+# BK-row slabs of the N*OH*OW reduction. The simulator takes 1, so its tiny
+# shapes still exercise the split-and-sum path.
+IMPLICIT_MIN_SLABS = 8
 
 
 def _cdiv(a, b):
@@ -76,6 +83,11 @@ def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None):
         y = be.empty((n, o, oh, ow), x.dtype)
         be._launch_flat(ck.conv2d_direct_fwd, y.size, x, w, y, *geo)
         return y
+    if _version(version, g, cg) == "implicit":
+        y = be.empty((n, o, oh, ow), x.dtype)
+        be.launch(ci.conv2d_implicit_fwd, (_cdiv(n * oh * ow, mm.BN), _cdiv(og, mm.BM), g),
+                  (mm.TX, mm.TY), x, w, y, *geo)
+        return y
     cols = _im2col(be, x, (kh, kw), (oh, ow), geo, g)
     ycols = be.empty((g, og, n * oh * ow), x.dtype)  # row o of y^T = w[o] . window
     _matmuls(be, "nt", w.reshape(g, og, cg * kh * kw), cols, ycols)
@@ -96,6 +108,10 @@ def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, ve
     dx = be.empty((n, c, h, wd), dy.dtype)
     if _version(version, g, cg) == "direct" or n == 0:
         be._launch_flat(ck.conv2d_direct_bwd_input, dx.size, dy, w, dx, *geo)
+        return dx
+    if _version(version, g, cg) == "implicit":
+        be.launch(ci.conv2d_implicit_bwd_input, (_cdiv(n * h * wd, mm.BN), _cdiv(cg, mm.BM), g),
+                  (mm.TX, mm.TY), dy, w, dx, *geo)
         return dx
     dyt = _swap01(be, dy.reshape(n, o, oh * ow), (o, n, oh * ow)).reshape(g, og, n * oh * ow)
     dcols = be.empty((g, n * oh * ow, cg * kh * kw), dy.dtype)
@@ -118,6 +134,9 @@ def conv2d_backward_weight(be, dy, x, k_hw, stride, pads, dilation, groups=1, ve
     dw = be.empty(w_shape, x.dtype)
     if _version(version, g, cg) == "direct" or n == 0:
         bwd_weight_direct(be, dy, x, dw, geo)
+        return dw
+    if _version(version, g, cg) == "implicit":
+        bwd_weight_implicit(be, dy, x, dw, geo, g)
         return dw
     cols = _im2col(be, x, (kh, kw), (oh, ow), geo, g)
     dyt = _swap01(be, dy.reshape(n, o, oh * ow), (o, n, oh * ow)).reshape(g, og, n * oh * ow)
@@ -148,6 +167,27 @@ def bwd_weight_direct(be, dy, x, dw, geo):
     kh, kw = dw.shape[2:]
     _two_pass(be, ck.conv2d_direct_bwd_weight, dw.size, dy.shape[0] * dy.shape[2] * dy.shape[3],
               dw, lambda partial: (dy, x, partial, kh, kw) + geo)
+
+
+def bwd_weight_implicit(be, dy, x, dw, geo, g):
+    """dw as Og x (Cg*KH*KW) GEMMs reducing over N*OH*OW, split S ways when
+    the output alone gives too few blocks; the S partial sums are then added
+    in a fixed order (sum_rows_naive), so the result is deterministic."""
+    o, cg, kh, kw = dw.shape
+    kk = cg * kh * kw
+    blocks = _cdiv(kk, mm.BN) * _cdiv(o // g, mm.BM) * g
+    min_slabs = 1 if be.simulator else IMPLICIT_MIN_SLABS
+    slabs = _cdiv(dy.shape[0] * dy.shape[2] * dy.shape[3], mm.BK)
+    splits = max(1, min(_cdiv(be._max_blocks, blocks), slabs // min_slabs))
+    grid = (_cdiv(kk, mm.BN), _cdiv(o // g, mm.BM), g * splits)
+    if splits == 1:
+        be.launch(ci.conv2d_implicit_bwd_weight, grid, (mm.TX, mm.TY), dy, x,
+                  dw.reshape(1, o, kk), kh, kw, *geo)
+        return
+    partial = be.empty((splits, o, kk), dw.dtype)
+    be.launch(ci.conv2d_implicit_bwd_weight, grid, (mm.TX, mm.TY), dy, x, partial, kh, kw, *geo)
+    be.launch(rk.sum_rows_naive, _cdiv(dw.size, be._threads), be._threads,
+              partial.reshape(splits, dw.size), dw.reshape(dw.size))
 
 
 # ---- channel bias -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Convolution kernels (direct and im2col), channel bias and channel sums vs the CPU reference.
+"""Convolution kernels (direct, im2col, implicit), channel bias and channel sums vs the CPU reference.
 
 Configurations are tiny (each simulated thread, and each simulated
 syncthreads, is slow) but cover what index arithmetic gets wrong: odd sizes,
@@ -191,6 +191,28 @@ EDGES = [
 @pytest.mark.parametrize("cfg", EDGES, ids=str)
 def test_backend_edges(be, cpu, cfg):
     run_backend(be, cpu, cfg, seed=cfg.n * 100 + cfg.c, version="default")
+
+
+# The implicit GEMMs' tiles (matmul's BM = BN = 64, BK = 16) against sizes
+# just past them: output pixels, weight columns and channels over 64, reductions
+# over several 16-deep slabs, so edge tiles are partly empty and several
+# split-K partial sums get added.
+IMPLICIT_TILE_EDGES = [
+    C(2, 3, 7, 6, 3, (3, 3), pads=(1, 1, 1, 1)),                    # 84 pixels, K = 27
+    C(1, 2, 3, 3, 66, (1, 1), pads=(0, 1, 1, 0)),                  # 66 output channels
+    C(1, 66, 2, 3, 2, (1, 1), stride=(2, 1)),                       # 66 input channels
+    C(2, 4, 10, 8, 4, (2, 2), (1, 1), (2, 1), (1, 0, 0, 2), 2),     # groups 2, 2 x 72 pixels
+] + big(
+    C(32, 64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)),
+    C(16, 3, 224, 224, 64, (7, 7), (2, 2), pads=(3, 3, 3, 3)),
+    C(8, 256, 14, 14, 512, (1, 1)),
+    C(4, 64, 33, 31, 64, (3, 3), (2, 2), (2, 2), (2, 1, 2, 1), groups=4),
+)
+
+
+@pytest.mark.parametrize("cfg", IMPLICIT_TILE_EDGES, ids=str)
+def test_implicit_tile_edges(be, cpu, cfg):
+    run_backend(be, cpu, cfg, seed=cfg.o * 10 + cfg.c, version="implicit")
 
 
 @pytest.mark.parametrize("version", ck.VERSIONS)
