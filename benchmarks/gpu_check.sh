@@ -45,6 +45,8 @@ fi
 if [[ " $BENCH " == *" conv "* ]]; then
   timeout ${T_CONV:-120} $PY -m benchmarks.conv --device cuda --json "$OUT/conv-gpu.json" 2>&1 | tee "$OUT/bench-conv.log" | tail -14
   conv_rc=${PIPESTATUS[0]}
+  timeout ${T_CONV:-120} $PY -m benchmarks.conv_versions --json "$OUT/conv-versions.json" 2>&1 | tee "$OUT/bench-conv-versions.log" | tail -10
+  [ "${PIPESTATUS[0]}" = 0 ] || conv_rc="versions FAIL"
 fi
 
 step "summary"
