@@ -84,6 +84,28 @@ class Backend(abc.ABC):
     def sum_channels(self, g):
         """Sum over N, H, W: (N, C, H, W) -> (C,). A convolution's bias gradient."""
 
+    # ---- pooling (NCHW; k_hw, stride (h, w) pairs; pads (top, bottom, left, right))
+    @abc.abstractmethod
+    def max_pool2d(self, x, k_hw, stride, pads):
+        """(N, C, H, W) -> (y (N, C, OH, OW), argmax (N, C, OH, OW) int64): the max of
+        each window and the flat index ih * W + iw of the element that held it (the
+        first one in row-major window order on ties). Padding never wins: a window
+        lying wholly in the padding is an error of the caller (pads < kernel)."""
+
+    @abc.abstractmethod
+    def max_pool2d_backward(self, dy, argmax, in_hw):
+        """d(loss)/dx (N, C, H, W): each dy goes to the element its argmax names;
+        an element chosen by several overlapping windows receives their sum."""
+
+    @abc.abstractmethod
+    def avg_pool2d(self, x, k_hw, stride, pads):
+        """Mean of each window over the elements inside the image: padding is
+        excluded from the count (PyTorch's count_include_pad=False)."""
+
+    @abc.abstractmethod
+    def avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads):
+        """d(loss)/dx: each dy spread evenly over the in-image elements of its window."""
+
     # ---- activations (forward takes the input; backward takes what it names)
     @abc.abstractmethod
     def relu(self, x): ...

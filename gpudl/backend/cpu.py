@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cpu_conv
+from . import cpu_conv, cpu_pool
 from .base import Backend
 
 BCE_EPS = 1e-7
@@ -52,6 +52,19 @@ class CPUBackend(Backend):
 
     def sum_channels(self, g):
         return g.sum(axis=(0, 2, 3))
+
+    # ---- pooling
+    def max_pool2d(self, x, k_hw, stride, pads):
+        return cpu_pool.max_pool2d(x, k_hw, stride, pads)
+
+    def max_pool2d_backward(self, dy, argmax, in_hw):
+        return cpu_pool.max_pool2d_backward(dy, argmax, in_hw)
+
+    def avg_pool2d(self, x, k_hw, stride, pads):
+        return cpu_pool.avg_pool2d(x, k_hw, stride, pads)
+
+    def avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads):
+        return cpu_pool.avg_pool2d_backward(dy, in_hw, k_hw, stride, pads)
 
     # ---- activations
     def relu(self, x):

@@ -5,14 +5,16 @@ from .conv import Conv2D, DepthwiseConv2D
 from .conv_transpose import Conv2DTranspose
 from .dense import Dense
 from .perceptron import Perceptron
+from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 from .separable import SeparableConv2D
 
 #: class name -> class, for rebuilding a saved model
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Dense, Perceptron, ReLU, Sigmoid, Tanh, Step, Softmax, Conv2D, DepthwiseConv2D,
-    Conv2DTranspose, SeparableConv2D, Flatten)}
+    Conv2DTranspose, SeparableConv2D, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D)}
 
 __all__ = ["Layer", "Dense", "Perceptron", "ReLU", "Sigmoid", "Tanh", "Step", "Softmax",
            "Conv2D", "DepthwiseConv2D", "Conv2DTranspose", "SeparableConv2D", "Flatten",
+           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
            "LAYER_TYPES", "manual_seed"]
