@@ -138,8 +138,14 @@ class Sequential:
                             "trainable": l.trainable} for l in self.layers]}
 
     def state_arrays(self) -> dict:
-        return {f"layers.{i}.{k}": self.backend.to_numpy(v)
-                for i, l in enumerate(self.layers) for k, v in l.params.items()}
+        """Host copies of every parameter ("layers.I.NAME") and buffer ("layers.I.buffer.NAME")."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            for k, v in layer.params.items():
+                out[f"layers.{i}.{k}"] = self.backend.to_numpy(v)
+            for k, v in layer.buffers.items():
+                out[f"layers.{i}.buffer.{k}"] = self.backend.to_numpy(v)
+        return out
 
     def save(self, path) -> None:
         """Write architecture and weights to one .npz file, atomically."""
@@ -198,13 +204,14 @@ def load(path, device=None) -> Sequential:
             raise ModelFileError(f"{path!r}: layer {i} has unknown type {spec['type']!r}")
         layer = cls(**spec["config"])
         layer.trainable = spec.get("trainable", True)
-        for k in layer.params:
-            key = f"layers.{i}.{k}"
-            if key not in arrays or arrays[key].shape != tuple(layer.params[k].shape):
-                got = arrays[key].shape if key in arrays else "missing"
-                raise ModelFileError(f"{path!r}: parameter {key} should have shape "
-                                     f"{tuple(layer.params[k].shape)}, found {got}")
-            layer.params[k] = layer.backend.asarray(arrays[key], dtype=layer.params[k].dtype)
+        for store, prefix in ((layer.params, f"layers.{i}."), (layer.buffers, f"layers.{i}.buffer.")):
+            for k in store:
+                key = prefix + k
+                if key not in arrays or arrays[key].shape != tuple(store[k].shape):
+                    got = arrays[key].shape if key in arrays else "missing"
+                    raise ModelFileError(f"{path!r}: parameter {key} should have shape "
+                                         f"{tuple(store[k].shape)}, found {got}")
+                store[k] = layer.backend.asarray(arrays[key], dtype=store[k].dtype)
         layers.append(layer)
     model = Sequential(layers, input_shape=config.get("input_shape"))
     return model.to(device) if device is not None else model

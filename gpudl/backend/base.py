@@ -106,6 +106,24 @@ class Backend(abc.ABC):
     def avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads):
         """d(loss)/dx: each dy spread evenly over the in-image elements of its window."""
 
+    # ---- batch normalization (x is (N, C, H, W); a dense (N, C) batch is (N, C, 1, 1))
+    @abc.abstractmethod
+    def batchnorm_stats(self, x):
+        """Per-channel mean and biased variance over N, H, W: two (C,) arrays.
+        Numerically stable (two passes or Welford), never E[x^2] - E[x]^2."""
+
+    @abc.abstractmethod
+    def batchnorm_forward(self, x, mean, var, gamma, beta, eps):
+        """y = gamma (x - mean) / sqrt(var + eps) + beta per channel; returns
+        (y, invstd) with invstd = 1 / sqrt(var + eps), shape (C,)."""
+
+    @abc.abstractmethod
+    def batchnorm_backward(self, dy, x, mean, invstd, gamma):
+        """The training-mode gradient (mean and variance depend on x):
+        dbeta = sum(dy), dgamma = sum(dy * xhat) with xhat = (x - mean) invstd,
+        dx = gamma invstd (dy - dbeta / M - xhat dgamma / M), M = N H W.
+        Returns (dx, dgamma, dbeta)."""
+
     # ---- activations (forward takes the input; backward takes what it names)
     @abc.abstractmethod
     def relu(self, x): ...

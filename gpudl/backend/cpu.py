@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cpu_conv, cpu_pool
+from . import cpu_bn, cpu_conv, cpu_pool
 from .base import Backend
 
 BCE_EPS = 1e-7
@@ -65,6 +65,16 @@ class CPUBackend(Backend):
 
     def avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads):
         return cpu_pool.avg_pool2d_backward(dy, in_hw, k_hw, stride, pads)
+
+    # ---- batch normalization
+    def batchnorm_stats(self, x):
+        return cpu_bn.batchnorm_stats(x)
+
+    def batchnorm_forward(self, x, mean, var, gamma, beta, eps):
+        return cpu_bn.batchnorm_forward(x, mean, var, gamma, beta, eps)
+
+    def batchnorm_backward(self, dy, x, mean, invstd, gamma):
+        return cpu_bn.batchnorm_backward(dy, x, mean, invstd, gamma)
 
     # ---- activations
     def relu(self, x):

@@ -1,6 +1,7 @@
 """Layers: each owns forward and backward, and named params/grads."""
 from .activations import ReLU, Sigmoid, Softmax, Step, Tanh
 from .base import Layer, manual_seed
+from .batchnorm import BatchNorm
 from .conv import Conv2D, DepthwiseConv2D
 from .conv_transpose import Conv2DTranspose
 from .dense import Dense
@@ -12,9 +13,9 @@ from .separable import SeparableConv2D
 #: class name -> class, for rebuilding a saved model
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Dense, Perceptron, ReLU, Sigmoid, Tanh, Step, Softmax, Conv2D, DepthwiseConv2D,
-    Conv2DTranspose, SeparableConv2D, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D)}
+    Conv2DTranspose, SeparableConv2D, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm)}
 
 __all__ = ["Layer", "Dense", "Perceptron", "ReLU", "Sigmoid", "Tanh", "Step", "Softmax",
            "Conv2D", "DepthwiseConv2D", "Conv2DTranspose", "SeparableConv2D", "Flatten",
-           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm",
            "LAYER_TYPES", "manual_seed"]

@@ -36,6 +36,8 @@ class Layer:
     def __init__(self, name: str | None = None):
         self.params: dict = {}
         self.grads: dict = {}
+        #: state saved with the model but not trained (batch norm's running statistics)
+        self.buffers: dict = {}
         self.trainable = True
         self.name = name or type(self).__name__.lower()
         self.backend = get_backend()
@@ -65,7 +67,7 @@ class Layer:
         """Move parameters (and gradients) to another backend."""
         if backend is self.backend:
             return self
-        for store in (self.params, self.grads):
+        for store in (self.params, self.grads, self.buffers):
             for k, v in store.items():
                 store[k] = backend.asarray(self.backend.to_numpy(v))
         self.backend = backend
