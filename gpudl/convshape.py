@@ -71,6 +71,21 @@ def conv_output_hw(in_hw, kernel, stride, pads, dilation, owner="conv") -> tuple
 
 
 # ---- argument checks shared by both backends
+def check_pool_pads(op, k_hw, pads):
+    """A max-pooling window wholly in the padding would have no element to name."""
+    if pads[0] >= k_hw[0] or pads[1] >= k_hw[0] or pads[2] >= k_hw[1] or pads[3] >= k_hw[1]:
+        raise ValueError(f"{op}: pads {tuple(pads)} must each be smaller than the "
+                         f"kernel {tuple(k_hw)} along their axis")
+
+
+def check_pool_grad(op, dy, in_hw, k_hw, stride, pads):
+    expect = conv_output_hw(in_hw, k_hw, stride, pads, (1, 1), op)
+    if tuple(dy.shape[2:]) != expect:
+        raise ShapeError(f"{op}: an input of {in_hw[0]}x{in_hw[1]} with kernel {tuple(k_hw)}, "
+                         f"stride {tuple(stride)} and pads {tuple(pads)} gives a "
+                         f"{expect[0]}x{expect[1]} output, but dy has shape {tuple(dy.shape)}")
+
+
 def check_groups_arg(op, groups):
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from numba import boolean, float32, float64, int64
 
+from . import batchnorm as bn
 from . import elementwise as ew
-from . import conv, conv_implicit, loss, matmul, optim, reduce, softmax
+from . import conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax
 
 FLOATS = (float32, float64)
 
@@ -44,6 +45,7 @@ def _t4(t):  # 4-D C-contiguous
 
 
 _GEO = (int64,) * 6  # sh, sw, dh, dw, top, left
+_POOL = (int64,) * 6  # kh, kw, sh, sw, top, left
 
 
 KERNELS = []
@@ -92,9 +94,26 @@ KERNELS += [
      _sigs(lambda t: (_t4(t),) * 3 + _GEO)),
     ("conv2d_implicit_bwd_weight", conv_implicit.conv2d_implicit_bwd_weight,
      _sigs(lambda t: (_t4(t), _t4(t), _t3(t), int64, int64) + _GEO)),
+    ("max_pool2d_fwd", pool.max_pool2d_fwd,
+     _sigs(lambda t: (_t4(t), _t4(t), _t4(int64)) + _POOL)),
+    ("max_pool2d_bwd", pool.max_pool2d_bwd,
+     _sigs(lambda t: (_t4(t), _t4(int64), _t4(t)) + _POOL)),
+    ("avg_pool2d_fwd", pool.avg_pool2d_fwd, _sigs(lambda t: (_t4(t), _t4(t)) + _POOL)),
+    ("avg_pool2d_bwd", pool.avg_pool2d_bwd, _sigs(lambda t: (_t4(t), _t4(t)) + _POOL)),
     ("sgd", optim.sgd, _sigs(lambda t: (_v(t), _v(t), t, t))),
     ("sgd_momentum", optim.sgd_momentum,
      _sigs(lambda t: (_v(t), _v(t), _v(t), t, t, t, boolean))),
+]
+KERNELS += [
+    ("bn_sqdev_partial", bn.sqdev_partial, _sigs(lambda t: (_t3(t), _v(t), _m(t)))),
+    ("bn_backward_partial", bn.backward_partial,
+     _sigs(lambda t: (_t3(t), _t3(t), _v(t), _m(t), _m(t)))),
+    ("bn_channel_mean", bn.channel_mean, _sigs(lambda t: (_m(t), t, _v(t)))),
+    ("bn_backward_finish", bn.backward_finish, _sigs(lambda t: (_m(t), _m(t)) + (_v(t),) * 3)),
+    ("bn_channel_invstd", bn.channel_invstd, _sigs(lambda t: (_v(t), t, _v(t)))),
+    ("bn_forward_apply", bn.forward_apply, _sigs(lambda t: (_v(t),) * 5 + (int64, _v(t)))),
+    ("bn_backward_apply", bn.backward_apply,
+     _sigs(lambda t: (_v(t),) * 7 + (t, int64, _v(t)))),
 ]
 
 

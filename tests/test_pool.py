@@ -79,7 +79,9 @@ def test_shapes_counts_and_errors():
         AvgPool2D(2).forward(rand(4, 4))
     with pytest.raises(gpudl.ShapeError, match="argmax"):
         gpudl.get_backend().max_pool2d_backward(rand(1, 1, 2, 2), np.zeros((1, 1, 2, 3), np.int64),
-                                                (4, 4))
+                                                (4, 4), (2, 2), (2, 2), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        gpudl.get_backend().max_pool2d(rand(1, 1, 4, 4), (2, 2), (2, 2), (2, 0, 0, 0))
 
 
 def test_pooling_model_saves_and_loads(tmp_path):

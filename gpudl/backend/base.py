@@ -93,9 +93,10 @@ class Backend(abc.ABC):
         lying wholly in the padding is an error of the caller (pads < kernel)."""
 
     @abc.abstractmethod
-    def max_pool2d_backward(self, dy, argmax, in_hw):
+    def max_pool2d_backward(self, dy, argmax, in_hw, k_hw, stride, pads):
         """d(loss)/dx (N, C, H, W): each dy goes to the element its argmax names;
-        an element chosen by several overlapping windows receives their sum."""
+        an element chosen by several overlapping windows receives their sum. The
+        geometry lets a gather visit only the windows that hold an element."""
 
     @abc.abstractmethod
     def avg_pool2d(self, x, k_hw, stride, pads):

@@ -57,8 +57,8 @@ class CPUBackend(Backend):
     def max_pool2d(self, x, k_hw, stride, pads):
         return cpu_pool.max_pool2d(x, k_hw, stride, pads)
 
-    def max_pool2d_backward(self, dy, argmax, in_hw):
-        return cpu_pool.max_pool2d_backward(dy, argmax, in_hw)
+    def max_pool2d_backward(self, dy, argmax, in_hw, k_hw, stride, pads):
+        return cpu_pool.max_pool2d_backward(dy, argmax, in_hw, k_hw, stride, pads)
 
     def avg_pool2d(self, x, k_hw, stride, pads):
         return cpu_pool.avg_pool2d(x, k_hw, stride, pads)

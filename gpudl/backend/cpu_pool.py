@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..convshape import check_ndim4, conv_output_hw
+from ..convshape import check_ndim4, check_pool_grad, check_pool_pads, conv_output_hw
 from ..errors import ShapeError
 from .cpu_conv import _cells
 
@@ -29,6 +29,7 @@ def _windows(x, k_hw, stride, pads, fill):
 
 def max_pool2d(x, k_hw, stride, pads):
     check_ndim4("max_pool2d", x=x)
+    check_pool_pads("max_pool2d", k_hw, pads)
     win, (oh, ow) = _windows(x, k_hw, stride, pads, -np.inf)
     local = win.argmax(axis=-1)  # the first maximum on ties
     y = np.take_along_axis(win, local[..., None], axis=-1)[..., 0]
@@ -37,11 +38,12 @@ def max_pool2d(x, k_hw, stride, pads):
     return y, (ih * x.shape[3] + iw).astype(np.int64)
 
 
-def max_pool2d_backward(dy, argmax, in_hw):
+def max_pool2d_backward(dy, argmax, in_hw, k_hw, stride, pads):
     check_ndim4("max_pool2d_backward", dy=dy)
     if argmax.shape != dy.shape:
         raise ShapeError(f"max_pool2d_backward: argmax of shape {argmax.shape} does not match "
                          f"dy of shape {dy.shape}")
+    check_pool_grad("max_pool2d_backward", dy, in_hw, k_hw, stride, pads)
     n, c = dy.shape[:2]
     plane = in_hw[0] * in_hw[1]
     target = (np.arange(n * c).reshape(n, c, 1, 1) * plane + argmax).reshape(-1)
@@ -64,9 +66,7 @@ def avg_pool2d(x, k_hw, stride, pads):
 def avg_pool2d_backward(dy, in_hw, k_hw, stride, pads):
     check_ndim4("avg_pool2d_backward", dy=dy)
     n, c, oh, ow = dy.shape
-    if conv_output_hw(in_hw, k_hw, stride, pads, _ONE, "avg_pool2d_backward") != (oh, ow):
-        raise ShapeError(f"avg_pool2d_backward: an input of {in_hw[0]}x{in_hw[1]} does not give "
-                         f"a {oh}x{ow} output with kernel {k_hw}, stride {stride}, pads {pads}")
+    check_pool_grad("avg_pool2d_backward", dy, in_hw, k_hw, stride, pads)
     share = (dy / _counts(in_hw, k_hw, stride, pads)).astype(dy.dtype)
     top, bottom, left, right = pads
     dxp = np.zeros((n, c, in_hw[0] + top + bottom, in_hw[1] + left + right), dy.dtype)

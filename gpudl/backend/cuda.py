@@ -29,7 +29,7 @@ from ..kernels import matmul as mm  # noqa: E402
 from ..kernels import optim as ok  # noqa: E402
 from ..kernels import reduce as rk  # noqa: E402
 from ..kernels import softmax as sk  # noqa: E402
-from . import cuda_conv  # noqa: E402
+from . import cuda_bn, cuda_conv, cuda_pool  # noqa: E402
 from .base import Backend  # noqa: E402
 from .cpu import BCE_EPS  # noqa: E402
 
@@ -218,6 +218,29 @@ class CUDABackend(Backend):
 
     def sum_channels(self, g):
         return cuda_conv.sum_channels(self, g)
+
+    # ---- pooling (kernels and launches in cuda_pool.py) ----------------------
+    def max_pool2d(self, x, k_hw, stride, pads):
+        return cuda_pool.max_pool2d(self, x, k_hw, stride, pads)
+
+    def max_pool2d_backward(self, dy, argmax, in_hw, k_hw, stride, pads):
+        return cuda_pool.max_pool2d_backward(self, dy, argmax, in_hw, k_hw, stride, pads)
+
+    def avg_pool2d(self, x, k_hw, stride, pads):
+        return cuda_pool.avg_pool2d(self, x, k_hw, stride, pads)
+
+    def avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads):
+        return cuda_pool.avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads)
+
+    # ---- batch normalization (kernels and launches in cuda_bn.py) -------------
+    def batchnorm_stats(self, x):
+        return cuda_bn.batchnorm_stats(self, x)
+
+    def batchnorm_forward(self, x, mean, var, gamma, beta, eps):
+        return cuda_bn.batchnorm_forward(self, x, mean, var, gamma, beta, eps)
+
+    def batchnorm_backward(self, dy, x, mean, invstd, gamma):
+        return cuda_bn.batchnorm_backward(self, dy, x, mean, invstd, gamma)
 
     # ---- activations -------------------------------------------------------
     def _unary(self, kernel, x):

@@ -67,7 +67,8 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, grad, need_input_grad=True):
-        return self.backend.max_pool2d_backward(grad, self._argmax, self._need())
+        return self.backend.max_pool2d_backward(grad, self._argmax, self._need(),
+                                                self.kernel_size, self.stride, self.pads)
 
 
 class AvgPool2D(_Pool2D):

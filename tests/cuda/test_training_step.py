@@ -98,3 +98,26 @@ def test_cnn_step_matches_cpu():
     for k in w_cpu:
         assert not np.allclose(w_cpu[k], w_start[k]), f"{k} did not train"
         np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_pooling_and_batchnorm_step_matches_cpu():
+    """Batch norm (training statistics, running averages) and both poolings in a step."""
+    from gpudl.layers import AvgPool2D, BatchNorm, Conv2D, GlobalAvgPool2D, MaxPool2D
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 2, 4)
+    gpudl.set_device("cpu")
+    gpudl.manual_seed(6)
+    cpu_model = gpudl.Sequential([
+        Conv2D(1, 3, 3, padding="same"), BatchNorm(3), ReLU(),
+        MaxPool2D(2, padding=1), AvgPool2D(2, stride=1), GlobalAvgPool2D(),   # 6 -> 4 -> 3 -> 1
+        BatchNorm(3), Dense(3, 2)], input_shape=(1, 6, 6))
+    gpu_model = copy.deepcopy(cpu_model).to("cuda")
+    h_cpu, w_cpu = _fit(cpu_model, gpudl.losses.CrossEntropy(), x, y, None, epochs=2)
+    h_gpu, w_gpu = _fit(gpu_model, gpudl.losses.CrossEntropy(), x, y, None, epochs=2)
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-5, atol=1e-6)
+    assert any("buffer.running_var" in k for k in w_cpu)
+    for k in w_cpu:
+        np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    xt = rng.standard_normal((3, 1, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(gpu_model.predict(xt), cpu_model.predict(xt), rtol=1e-4, atol=1e-5)
