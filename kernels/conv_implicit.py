@@ -25,7 +25,7 @@ summed afterwards in a fixed order: deterministic, no atomics.
 from numba import cuda
 
 from .conv import _source
-from .matmul import AS_ROW, BK, BM, BN, BS_ROW, NTHREADS, TM, TN, TX, TY
+from .matmul import AS_ROW, BK, BM, BN, BS_ROW, NTHREADS, TM, TN, TX, TY, _multiply_slab, _zero
 
 # Loading patterns (see matmul._load_k_contiguous / _load_outer_contiguous):
 #   k-contiguous:     thread takes slab row tid % BK, outer index tid // BK + KSTEP*s
@@ -41,26 +41,6 @@ def _unravel3(e, d1, d2):
     c = e % d2
     t = e // d2
     return t // d1, t % d1, c
-
-
-@cuda.jit(device=True, inline=True)
-def _zero(acc):
-    for i in range(TM):
-        for j in range(TN):
-            acc[i, j] = 0
-
-
-@cuda.jit(device=True, inline=True)
-def _multiply_slab(As, Bs, acc, ra, rb, tx, ty):
-    """acc[i, j] += sum_p As[p, ty + TY*i] * Bs[p, tx + TX*j] (as matmul_blocked)."""
-    for p in range(BK):
-        for i in range(TM):
-            ra[i] = As[p, ty + TY * i]
-        for j in range(TN):
-            rb[j] = Bs[p, tx + TX * j]
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] += ra[i] * rb[j]
 
 
 @cuda.jit

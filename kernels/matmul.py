@@ -140,6 +140,27 @@ def _load_outer_contiguous(src, dst, outer0, k0, n_outer, k, tid, span):
             dst[pp, q] = 0
 
 
+@cuda.jit(device=True, inline=True)
+def _zero(acc):
+    for i in range(TM):
+        for j in range(TN):
+            acc[i, j] = 0
+
+
+@cuda.jit(device=True, inline=True)
+def _multiply_slab(As, Bs, acc, ra, rb, tx, ty):
+    """acc[i, j] += sum_p As[p, ty + TY*i] * Bs[p, tx + TX*j]: one BK-slab of the
+    register-blocked product (shared by matmul_blocked and the implicit convolutions)."""
+    for p in range(BK):
+        for i in range(TM):
+            ra[i] = As[p, ty + TY * i]
+        for j in range(TN):
+            rb[j] = Bs[p, tx + TX * j]
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] += ra[i] * rb[j]
+
+
 def _make_blocked(trans_a, trans_b):
     @cuda.jit
     def matmul_blocked(a, b, c):
@@ -156,9 +177,7 @@ def _make_blocked(trans_a, trans_b):
         tid = ty * TX + tx
         row0 = cuda.blockIdx.y * BM
         col0 = cuda.blockIdx.x * BN
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = 0
+        _zero(acc)
         for k0 in range(0, k, BK):
             if trans_a:
                 _load_outer_contiguous(a, As, row0, k0, m, k, tid, BM)
@@ -169,14 +188,7 @@ def _make_blocked(trans_a, trans_b):
             else:
                 _load_outer_contiguous(b, Bs, col0, k0, n, k, tid, BN)
             cuda.syncthreads()
-            for p in range(BK):
-                for i in range(TM):
-                    ra[i] = As[p, ty + TY * i]
-                for j in range(TN):
-                    rb[j] = Bs[p, tx + TX * j]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += ra[i] * rb[j]
+            _multiply_slab(As, Bs, acc, ra, rb, tx, ty)
             cuda.syncthreads()
         for i in range(TM):
             r = row0 + ty + TY * i
