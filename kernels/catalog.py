@@ -15,9 +15,10 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from numba import boolean, float32, float64, int64
+from numba import boolean, float32, float64, int64, uint64
 
 from . import batchnorm as bn
+from . import dropout
 from . import elementwise as ew
 from . import conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax
 
@@ -114,6 +115,8 @@ KERNELS += [
     ("bn_forward_apply", bn.forward_apply, _sigs(lambda t: (_v(t),) * 5 + (int64, _v(t)))),
     ("bn_backward_apply", bn.backward_apply,
      _sigs(lambda t: (_v(t),) * 7 + (t, int64, _v(t)))),
+    ("dropout_mask", dropout.dropout_mask, _sigs(lambda t: (_v(t), uint64, uint64, t))),
+    ("multiply", dropout.multiply, _sigs(lambda t: (_v(t), _v(t), _v(t)))),
 ]
 
 

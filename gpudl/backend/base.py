@@ -125,6 +125,17 @@ class Backend(abc.ABC):
         dx = gamma invstd (dy - dbeta / M - xhat dgamma / M), M = N H W.
         Returns (dx, dgamma, dbeta)."""
 
+    # ---- dropout
+    @abc.abstractmethod
+    def dropout_mask(self, shape, p, seed, counter, dtype):
+        """An inverted-dropout mask: 1 / (1 - p) for kept units, 0 for dropped ones,
+        drawn from the counter-based generator of kernels/dropout.py, so every
+        backend gives the same mask for the same (seed, counter)."""
+
+    @abc.abstractmethod
+    def multiply(self, a, b):
+        """a * b, elementwise, same shapes."""
+
     # ---- activations (forward takes the input; backward takes what it names)
     @abc.abstractmethod
     def relu(self, x): ...

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cpu_bn, cpu_conv, cpu_pool
+from . import cpu_bn, cpu_conv, cpu_pool, dropout_key
+from ..errors import ShapeError
 from .base import Backend
 
 BCE_EPS = 1e-7
@@ -75,6 +76,15 @@ class CPUBackend(Backend):
 
     def batchnorm_backward(self, dy, x, mean, invstd, gamma):
         return cpu_bn.batchnorm_backward(dy, x, mean, invstd, gamma)
+
+    # ---- dropout
+    def dropout_mask(self, shape, p, seed, counter, dtype):
+        return dropout_key.mask(shape, p, seed, counter, dtype)
+
+    def multiply(self, a, b):
+        if a.shape != b.shape:
+            raise ShapeError(f"multiply: shapes {a.shape} and {b.shape} differ")
+        return a * b
 
     # ---- activations
     def relu(self, x):

@@ -23,13 +23,14 @@ import numpy as np  # noqa: E402
 from numba import cuda  # noqa: E402
 
 from ..errors import ShapeError  # noqa: E402
+from ..kernels import dropout as dk  # noqa: E402
 from ..kernels import elementwise as ew  # noqa: E402
 from ..kernels import loss as lk  # noqa: E402
 from ..kernels import matmul as mm  # noqa: E402
 from ..kernels import optim as ok  # noqa: E402
 from ..kernels import reduce as rk  # noqa: E402
 from ..kernels import softmax as sk  # noqa: E402
-from . import cuda_bn, cuda_conv, cuda_pool  # noqa: E402
+from . import cuda_bn, cuda_conv, cuda_pool, dropout_key  # noqa: E402
 from .base import Backend  # noqa: E402
 from .cpu import BCE_EPS  # noqa: E402
 
@@ -231,6 +232,22 @@ class CUDABackend(Backend):
 
     def avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads):
         return cuda_pool.avg_pool2d_backward(self, dy, in_hw, k_hw, stride, pads)
+
+    # ---- dropout ------------------------------------------------------------
+    def dropout_mask(self, shape, p, seed, counter, dtype):
+        key, threshold = dropout_key.key_and_threshold(p, seed, counter)
+        out = self.empty(tuple(shape), dtype)
+        flat = out.reshape(-1)
+        self._launch_flat(dk.dropout_mask, flat.size, flat, key, threshold,
+                          np.dtype(dtype).type(1.0 / (1.0 - p)))
+        return out
+
+    def multiply(self, a, b):
+        self._same_shape("multiply", a, b)
+        a, b = self._pair(a, b)
+        out = self.empty(a.shape, a.dtype)
+        self._launch_flat(dk.multiply, a.size, a.reshape(-1), b.reshape(-1), out.reshape(-1))
+        return out
 
     # ---- batch normalization (kernels and launches in cuda_bn.py) -------------
     def batchnorm_stats(self, x):

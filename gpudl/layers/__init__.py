@@ -5,6 +5,7 @@ from .batchnorm import BatchNorm
 from .conv import Conv2D, DepthwiseConv2D
 from .conv_transpose import Conv2DTranspose
 from .dense import Dense
+from .dropout import Dropout
 from .perceptron import Perceptron
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
@@ -13,9 +14,9 @@ from .separable import SeparableConv2D
 #: class name -> class, for rebuilding a saved model
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Dense, Perceptron, ReLU, Sigmoid, Tanh, Step, Softmax, Conv2D, DepthwiseConv2D,
-    Conv2DTranspose, SeparableConv2D, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm)}
+    Conv2DTranspose, SeparableConv2D, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, Dropout)}
 
 __all__ = ["Layer", "Dense", "Perceptron", "ReLU", "Sigmoid", "Tanh", "Step", "Softmax",
            "Conv2D", "DepthwiseConv2D", "Conv2DTranspose", "SeparableConv2D", "Flatten",
-           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm",
+           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "Dropout",
            "LAYER_TYPES", "manual_seed"]

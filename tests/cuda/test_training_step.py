@@ -121,3 +121,17 @@ def test_pooling_and_batchnorm_step_matches_cpu():
         np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=1e-4, atol=1e-5, err_msg=k)
     xt = rng.standard_normal((3, 1, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(gpu_model.predict(xt), cpu_model.predict(xt), rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_step_matches_cpu():
+    """Both backends draw the same dropout masks, so training stays identical."""
+    from gpudl.layers import Dropout
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+    cpu_model, gpu_model = _pair(lambda: [Dense(5, 8), ReLU(), Dropout(0.4, seed=77), Dense(8, 3)])
+    h_cpu, w_cpu = _fit(cpu_model, gpudl.losses.CrossEntropy(), x, y, 3, epochs=2)
+    h_gpu, w_gpu = _fit(gpu_model, gpudl.losses.CrossEntropy(), x, y, 3, epochs=2)
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-5, atol=1e-6)
+    for k in w_cpu:
+        np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=1e-5, atol=1e-6, err_msg=k)
