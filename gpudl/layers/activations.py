@@ -13,11 +13,6 @@ class _Activation(Layer):
             n *= d
         return n
 
-    def _need(self, saved):
-        if saved is None:
-            raise RuntimeError(f"layer '{self.name}': backward called before forward")
-        return saved
-
 
 class ReLU(_Activation):
     def forward(self, x, training=False):

@@ -60,6 +60,12 @@ class Layer:
         return {"name": self.name}
 
     # ---- shared helpers
+    def _need(self, saved):
+        """What forward saved for backward; an error if forward has not run."""
+        if saved is None:
+            raise RuntimeError(f"layer '{self.name}': backward called before forward")
+        return saved
+
     def num_params(self) -> int:
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 

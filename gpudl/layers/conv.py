@@ -97,8 +97,7 @@ class Conv2D(Layer):
         return y
 
     def backward(self, grad, need_input_grad=True):
-        if self._x is None:
-            raise RuntimeError(f"layer '{self.name}': backward called before forward")
+        self._need(self._x)
         be, x = self.backend, self._x
         pads = self.pads(x.shape[2:])
         if self.trainable:

@@ -83,8 +83,7 @@ class Conv2DTranspose(Layer):
         return y
 
     def backward(self, grad, need_input_grad=True):
-        if self._x is None:
-            raise RuntimeError(f"layer '{self.name}': backward called before forward")
+        self._need(self._x)
         be = self.backend
         if self.trainable:
             # the forward's "dy" is our input, its "x" our output gradient

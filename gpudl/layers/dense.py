@@ -45,8 +45,7 @@ class Dense(Layer):
         return z
 
     def backward(self, grad, need_input_grad=True):
-        if self._x is None:
-            raise RuntimeError(f"layer '{self.name}': backward called before forward")
+        self._need(self._x)
         if tuple(grad.shape) != (self._x.shape[0], self.out_features):
             raise ShapeError(f"layer '{self.name}' (Dense): gradient of shape {tuple(grad.shape)}"
                              f" does not match its output ({self._x.shape[0]}, {self.out_features})")

@@ -48,10 +48,8 @@ class _Pool2D(Layer):
         self.output_shape(tuple(x.shape[1:]))
         self._in_shape = tuple(x.shape)
 
-    def _need(self):
-        if self._in_shape is None:
-            raise RuntimeError(f"layer '{self.name}': backward called before forward")
-        return self._in_shape[2:]
+    def _in_hw(self):
+        return self._need(self._in_shape)[2:]
 
     def get_config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
@@ -67,7 +65,8 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, grad, need_input_grad=True):
-        return self.backend.max_pool2d_backward(grad, self._argmax, self._need(),
+        in_hw = self._in_hw()  # first: it says when forward has not run
+        return self.backend.max_pool2d_backward(grad, self._argmax, in_hw,
                                                 self.kernel_size, self.stride, self.pads)
 
 
@@ -79,7 +78,7 @@ class AvgPool2D(_Pool2D):
         return self.backend.avg_pool2d(x, self.kernel_size, self.stride, self.pads)
 
     def backward(self, grad, need_input_grad=True):
-        return self.backend.avg_pool2d_backward(grad, self._need(), self.kernel_size,
+        return self.backend.avg_pool2d_backward(grad, self._in_hw(), self.kernel_size,
                                                 self.stride, self.pads)
 
 
