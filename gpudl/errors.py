@@ -15,3 +15,11 @@ class DeviceError(GpudlError, RuntimeError):
 
 class ModelFileError(GpudlError, OSError):
     """A model file is missing, truncated or not a gpudl model."""
+
+
+class DataError(GpudlError, OSError):
+    """A data set file is unreadable, truncated, corrupt or not in the expected format."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data set file is missing; the message names it and where to get it."""
