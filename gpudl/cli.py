@@ -38,20 +38,39 @@ def cmd_info(args) -> int:
     return 0
 
 
+#: per model: epochs, learning rate, batch size, digits upscale factor (when not given)
+TRAIN_DEFAULTS = {"mlp": (30, 0.05, 32, 1), "cnn": (30, 0.05, 32, 1), "lenet": (15, 0.05, 32, 4),
+                  "resnet": (10, 0.05, 32, 1), "mobilenet": (10, 0.05, 32, 1)}
+
+
+def _load_data(args, images):
+    """((x_train, y_train), (x_test, y_test)) of the data set asked for."""
+    if args.data == "digits":
+        from .data import load_digits
+        return load_digits(test_fraction=0.2, seed=args.seed, flatten=not images,
+                           upscale=TRAIN_DEFAULTS[args.model][3])
+    from .datasets import DATASETS
+    return DATASETS[args.data](root=args.data_dir, flatten=not images)
+
+
 def cmd_train(args) -> int:
     import gpudl
-    from .data import load_digits
     from .zoo import MODELS
     be = gpudl.set_device(args.device)
     gpudl.manual_seed(args.seed)
     build, images = MODELS[args.model]
-    (x_train, y_train), (x_test, y_test) = load_digits(test_fraction=0.2, seed=args.seed,
-                                                       flatten=not images)
+    epochs, lr, batch_size, _ = TRAIN_DEFAULTS[args.model]
+    args.epochs = args.epochs or epochs
+    args.lr = args.lr or lr
+    args.batch_size = args.batch_size or batch_size
+    (x_train, y_train), (x_test, y_test) = _load_data(args, images)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    model = build(x_train.shape[1:], 10) if images else build(x_train.shape[1], 10, args.hidden)
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    model = build(x_train.shape[1:], classes, args.hidden) if args.model == "mlp" else \
+        build(x_train.shape[1:], classes)
     print(f"gpudl {__version__} on {be.name} ({be.device_name()}); model: {args.model}; "
-          f"data set: digits, "
+          f"data set: {args.data}, "
           f"{len(x_train)} train / {len(x_test)} test samples")
     model.summary()
     trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(),
@@ -68,7 +87,7 @@ def cmd_train(args) -> int:
     test = trainer.evaluate(x_test, y_test)
     print(f"test accuracy: {test['accuracy']:.4f}  test loss: {test['loss']:.4f}  "
           f"({seconds:.1f} s training)")
-    save = os.path.join("runs", f"digits-{args.model}.npz") if args.save is None else args.save
+    save = os.path.join("runs", f"{args.data}-{args.model}.npz") if args.save is None else args.save
     if save:
         model.save(save)
         print(f"saved model to {save}")
@@ -103,13 +122,23 @@ def make_parser() -> argparse.ArgumentParser:
     info.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
     info.set_defaults(run=cmd_info)
 
-    t = sub.add_parser("train", help="train the default network on the digits data set")
+    from .zoo import MODELS
+    t = sub.add_parser("train", help="train a network of the model zoo on a data set")
     t.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
-    t.add_argument("--model", default="mlp", choices=["mlp", "cnn"],
-                   help="mlp (default) or cnn (two convolutions and a dense head)")
-    t.add_argument("--epochs", type=_positive(int), default=30)
-    t.add_argument("--batch-size", type=_positive(int), default=32)
-    t.add_argument("--lr", type=_positive(float), default=0.05)
+    t.add_argument("--model", default="mlp", choices=sorted(MODELS),
+                   help="mlp (default), cnn (two convolutions), lenet (LeNet-5), resnet "
+                        "(ResNet-8 with batch norm) or mobilenet (depthwise-separable blocks)")
+    t.add_argument("--data", default="digits",
+                   choices=["digits", "mnist", "fashion-mnist", "cifar10"],
+                   help="digits (default, ships with scikit-learn) or a data set read from "
+                        "local files in its standard format")
+    t.add_argument("--data-dir", default=None,
+                   help="folder holding the mnist, fashion-mnist or cifar10 files "
+                        "(default $GPUDL_DATA or ~/.gpudl/data)")
+    t.add_argument("--epochs", type=_positive(int), default=None,
+                   help="default depends on the model (30 for mlp, 15 for lenet, ...)")
+    t.add_argument("--batch-size", type=_positive(int), default=None)
+    t.add_argument("--lr", type=_positive(float), default=None)
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--hidden", type=_positive(int), nargs="+", default=[256, 128],
                    help="hidden layer widths of the mlp (default: 256 128)")

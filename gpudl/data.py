@@ -40,21 +40,25 @@ def train_test_split(x, y, test_fraction=0.2, seed=0, stratify=True):
     return (x[train], y[train]), (x[test], y[test])
 
 
-def load_digits(test_fraction=0.2, seed=0, flatten=True):
+def load_digits(test_fraction=0.2, seed=0, flatten=True, upscale=1):
     """The 1,797 8x8 handwritten digits that scikit-learn ships (UCI optical
     recognition data): pixels scaled to [0, 1], labels 0-9, a stratified split.
 
     Returns ((x_train, y_train), (x_test, y_test)); x is (N, 64) float32, or
-    (N, 1, 8, 8) with ``flatten=False``."""
+    (N, 1, 8, 8) with ``flatten=False``. ``upscale=4`` repeats each pixel into
+    a 4x4 block, giving the 32x32 images LeNet was designed for."""
     try:
         from sklearn.datasets import load_digits as _sk_digits
     except ImportError as e:
         raise ImportError("the digits data set comes with scikit-learn: "
                           "pip install 'gpudl[data]' (or scikit-learn)") from e
+    if isinstance(upscale, bool) or not isinstance(upscale, (int, np.integer)) or upscale < 1:
+        raise ValueError(f"load_digits: upscale must be a positive integer, got {upscale!r}")
     bunch = _sk_digits()
-    x = (bunch.data / 16.0).astype(np.float32)
-    if not flatten:
-        x = x.reshape(-1, 1, 8, 8)
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    x = x.repeat(upscale, axis=2).repeat(upscale, axis=3)
+    if flatten:
+        x = x.reshape(len(x), -1)
     y = bunch.target.astype(np.int64)
     return train_test_split(x, y, test_fraction=test_fraction, seed=seed)
 

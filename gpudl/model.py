@@ -11,7 +11,8 @@ import numpy as np
 
 from .backend import get_backend
 from .errors import ModelFileError, ShapeError
-from .layers import LAYER_TYPES, Layer
+from .layers import Layer
+from .layers.serialize import layer_from_spec, layer_spec
 
 FORMAT = "gpudl-model"
 FORMAT_VERSION = 1
@@ -28,6 +29,8 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
         self.layers = layers
+        #: the mode forward() runs in when not told: False (inference) until train()
+        self.training = False
         self._dedupe_names()
         self.input_shape = tuple(input_shape) if input_shape is not None else self._infer_input()
         if self.input_shape is not None:
@@ -35,11 +38,19 @@ class Sequential:
 
     def _dedupe_names(self):
         seen = {}
-        for layer in self.layers:
+        for layer in self.walk():
             n = seen.get(layer.name, 0)
             seen[layer.name] = n + 1
             if n:
                 layer.name = f"{layer.name}_{n}"
+
+    def walk(self):
+        """Every layer, containers before their children, in forward order."""
+        def visit(layers):
+            for layer in layers:
+                yield layer
+                yield from visit(getattr(layer, "layers", ()))
+        return visit(self.layers)
 
     def _infer_input(self):
         first = self.layers[0]
@@ -56,8 +67,20 @@ class Sequential:
                 return np.dtype(p.dtype)
         return np.dtype(np.float32)
 
+    # ---- mode
+    def train(self, mode: bool = True) -> "Sequential":
+        """Training mode: dropout drops, batch norm uses and updates batch statistics."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Sequential":
+        """Inference mode: dropout is the identity, batch norm uses its running averages."""
+        return self.train(False)
+
     # ---- computation
-    def forward(self, x, training=False):
+    def forward(self, x, training=None):
+        """Run every layer; ``training`` overrides the model's mode (train()/eval())."""
+        training = self.training if training is None else bool(training)
         for layer in self.layers:
             x = layer.forward(x, training=training)
         return x
@@ -77,7 +100,7 @@ class Sequential:
         be = self.backend
         n = x.shape[0]
         bs = n if batch_size is None else int(batch_size)
-        outs = [be.to_numpy(self.forward(be.asarray(x[s:s + bs], dtype=self.dtype)))
+        outs = [be.to_numpy(self.forward(be.asarray(x[s:s + bs], dtype=self.dtype), training=False))
                 for s in range(0, n, max(bs, 1))]
         return np.concatenate(outs) if outs else np.empty((0,) + self.output_shape())
 
@@ -113,10 +136,14 @@ class Sequential:
         total_flops = 0
         for layer in self.layers:
             flops = layer.flops(shape)
+            inner = layer.summary_rows(shape) if hasattr(layer, "summary_rows") else []
             shape = layer.output_shape(shape)
             total_flops += flops
             rows.append((f"{layer.name} ({type(layer).__name__})", str((None,) + shape),
                          f"{layer.num_params():,}", f"{flops:,}"))
+            # a container's children, indented; their counts are inside the row above
+            rows += [(f"  {label}", str((None,) + tuple(out)), f"{p:,}", f"{f:,}")
+                     for label, out, p, f in inner]
         head = ("Layer (type)", "Output shape", "Params", "FLOPs")
         widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
         fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
@@ -134,8 +161,7 @@ class Sequential:
     def get_config(self) -> dict:
         return {"format": FORMAT, "version": FORMAT_VERSION,
                 "input_shape": list(self.input_shape) if self.input_shape else None,
-                "layers": [{"type": type(l).__name__, "config": l.get_config(),
-                            "trainable": l.trainable} for l in self.layers]}
+                "layers": [layer_spec(l) for l in self.layers]}
 
     def state_arrays(self) -> dict:
         """Host copies of every parameter ("layers.I.NAME") and buffer ("layers.I.buffer.NAME")."""
@@ -199,11 +225,10 @@ def load(path, device=None) -> Sequential:
                              f"this gpudl reads up to {FORMAT_VERSION}")
     layers = []
     for i, spec in enumerate(config["layers"]):
-        cls = LAYER_TYPES.get(spec["type"])
-        if cls is None:
-            raise ModelFileError(f"{path!r}: layer {i} has unknown type {spec['type']!r}")
-        layer = cls(**spec["config"])
-        layer.trainable = spec.get("trainable", True)
+        try:
+            layer = layer_from_spec(spec)
+        except ModelFileError as e:
+            raise ModelFileError(f"{path!r}: layer {i}: {e}") from None
         for store, prefix in ((layer.params, f"layers.{i}."), (layer.buffers, f"layers.{i}.buffer.")):
             for k in store:
                 key = prefix + k

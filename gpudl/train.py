@@ -79,8 +79,22 @@ class Trainer:
         n = xd.shape[0]
         bs = n if batch_size is None else min(batch_size, n)
         rng = np.random.default_rng(seed)
-        be = self.model.backend
         history: dict = {"loss": []}
+        # train mode for the epochs (forward below also says training=True
+        # explicitly), and the caller's mode back afterwards
+        was_training = getattr(self.model, "training", False)
+        if hasattr(self.model, "train"):
+            self.model.train()
+        try:
+            self._epochs(xd, yd, y_host, val, epochs, bs, shuffle, rng, verbose, history)
+        finally:
+            if hasattr(self.model, "train"):
+                self.model.train(was_training)
+        return history
+
+    def _epochs(self, xd, yd, y_host, val, epochs, bs, shuffle, rng, verbose, history):
+        n = xd.shape[0]
+        be = self.model.backend
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             order = rng.permutation(n) if shuffle else np.arange(n)
@@ -121,7 +135,6 @@ class Trainer:
                     + f" ({logs['time']:.2f} s)", flush=True)
             for k, v in logs.items():
                 history.setdefault(k, []).append(v)
-        return history
 
     def evaluate(self, x, y, batch_size=256):
         """Mean loss (and accuracy where it applies) in inference mode."""

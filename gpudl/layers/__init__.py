@@ -2,6 +2,7 @@
 from .activations import ReLU, Sigmoid, Softmax, Step, Tanh
 from .base import Layer, manual_seed
 from .batchnorm import BatchNorm
+from .branches import Concat, Residual
 from .conv import Conv2D, DepthwiseConv2D
 from .conv_transpose import Conv2DTranspose
 from .dense import Dense
@@ -14,9 +15,10 @@ from .separable import SeparableConv2D
 #: class name -> class, for rebuilding a saved model
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Dense, Perceptron, ReLU, Sigmoid, Tanh, Step, Softmax, Conv2D, DepthwiseConv2D,
-    Conv2DTranspose, SeparableConv2D, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, Dropout)}
+    Conv2DTranspose, SeparableConv2D, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, Dropout,
+    Residual, Concat)}
 
 __all__ = ["Layer", "Dense", "Perceptron", "ReLU", "Sigmoid", "Tanh", "Step", "Softmax",
            "Conv2D", "DepthwiseConv2D", "Conv2DTranspose", "SeparableConv2D", "Flatten",
-           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "Dropout",
+           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "Dropout", "Residual", "Concat",
            "LAYER_TYPES", "manual_seed"]
