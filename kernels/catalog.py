@@ -20,7 +20,7 @@ from numba import boolean, float32, float64, int64, uint64
 from . import batchnorm as bn
 from . import dropout
 from . import elementwise as ew
-from . import conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax
+from . import concat, conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax
 
 FLOATS = (float32, float64)
 
@@ -117,6 +117,8 @@ KERNELS += [
      _sigs(lambda t: (_v(t),) * 7 + (t, int64, _v(t)))),
     ("dropout_mask", dropout.dropout_mask, _sigs(lambda t: (_v(t), uint64, uint64, t))),
     ("multiply", dropout.multiply, _sigs(lambda t: (_v(t), _v(t), _v(t)))),
+    ("concat_channels", concat.concat_channels, _sigs(lambda t: (_m(t), _m(t), int64))),
+    ("split_channels", concat.split_channels, _sigs(lambda t: (_m(t), _m(t), int64))),
 ]
 
 

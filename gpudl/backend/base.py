@@ -15,6 +15,9 @@ Conventions shared by all implementations:
 from __future__ import annotations
 
 import abc
+import operator
+
+from ..errors import ShapeError
 
 
 class Backend(abc.ABC):
@@ -201,6 +204,42 @@ class Backend(abc.ABC):
         param += v                  (plain momentum, or plain SGD when momentum = 0)
         param += momentum * v - lr * g                 (nesterov)
         ``velocity`` may be None when momentum == 0."""
+
+    # ---- channel concatenation (concat merges, inception branches) -------
+    @abc.abstractmethod
+    def concat_channels(self, xs):
+        """A new C-contiguous array: the arrays of the list or tuple xs, all (N, C_i)
+        or all (N, C_i, H, W) and equal on every axis but 1, concatenated along axis 1."""
+
+    @abc.abstractmethod
+    def split_channels(self, g, sizes):
+        """concat_channels undone: a list of new C-contiguous arrays, g (N, C) or
+        (N, C, H, W) cut along axis 1 into pieces of sizes, which sum to C."""
+
+    @staticmethod
+    def _concat_shapes(xs):
+        """The shapes of xs as tuples; ShapeError naming them all unless they concatenate."""
+        if not isinstance(xs, (list, tuple)):
+            raise TypeError(f"concat_channels takes a list or tuple of arrays, "
+                            f"got {type(xs).__name__}")
+        shapes = [tuple(int(d) for d in x.shape) for x in xs]
+        if (not shapes or len(shapes[0]) not in (2, 4)
+                or any(len(s) != len(shapes[0]) or s[:1] + s[2:] != shapes[0][:1] + shapes[0][2:]
+                       for s in shapes)):
+            raise ShapeError("concat_channels needs one or more arrays, all (N, C_i) or all "
+                             "(N, C_i, H, W), equal on every axis but 1; got shapes "
+                             f"[{', '.join(map(str, shapes))}]")
+        return shapes
+
+    @staticmethod
+    def _split_sizes(g, sizes):
+        """sizes as a list of ints; ShapeError naming g's shape unless they cut g's axis 1."""
+        sizes = [operator.index(s) for s in sizes]
+        if g.ndim not in (2, 4) or any(s < 0 for s in sizes) or sum(sizes) != g.shape[1]:
+            raise ShapeError(f"split_channels: g must be (N, C) or (N, C, H, W) and sizes "
+                             f"non-negative with sum C; got g of shape {tuple(g.shape)} and "
+                             f"sizes {sizes} (sum {sum(sizes)})")
+        return sizes
 
     # ---- data movement and metrics ---------------------------------------
     @abc.abstractmethod

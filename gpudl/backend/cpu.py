@@ -163,6 +163,16 @@ class CPUBackend(Backend):
         else:
             param += velocity
 
+    # ---- channel concatenation
+    def concat_channels(self, xs):
+        self._concat_shapes(xs)
+        return np.concatenate([np.asarray(x) for x in xs], axis=1)
+
+    def split_channels(self, g, sizes):
+        sizes = self._split_sizes(g, sizes)
+        starts = np.cumsum([0] + sizes)
+        return [g[:, a:b].copy() for a, b in zip(starts[:-1], starts[1:])]
+
     # ---- data movement and metrics
     def take_rows(self, x, idx):
         return np.ascontiguousarray(x[idx])

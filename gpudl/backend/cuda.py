@@ -30,7 +30,7 @@ from ..kernels import matmul as mm  # noqa: E402
 from ..kernels import optim as ok  # noqa: E402
 from ..kernels import reduce as rk  # noqa: E402
 from ..kernels import softmax as sk  # noqa: E402
-from . import cuda_bn, cuda_conv, cuda_pool, dropout_key  # noqa: E402
+from . import cuda_bn, cuda_concat, cuda_conv, cuda_pool, dropout_key  # noqa: E402
 from .base import Backend  # noqa: E402
 from .cpu import BCE_EPS  # noqa: E402
 
@@ -258,6 +258,13 @@ class CUDABackend(Backend):
 
     def batchnorm_backward(self, dy, x, mean, invstd, gamma):
         return cuda_bn.batchnorm_backward(self, dy, x, mean, invstd, gamma)
+
+    # ---- channel concatenation (kernels and launches in cuda_concat.py) -------
+    def concat_channels(self, xs):
+        return cuda_concat.concat_channels(self, xs)
+
+    def split_channels(self, g, sizes):
+        return cuda_concat.split_channels(self, g, sizes)
 
     # ---- activations -------------------------------------------------------
     def _unary(self, kernel, x):
