@@ -21,14 +21,16 @@ install: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/gpudl train $(ARGS)
 
-# Two pytest processes: numba reads NUMBA_ENABLE_CUDASIM once, at import.
+# Two pytest runs: numba reads NUMBA_ENABLE_CUDASIM once, at import. The
+# simulator runs each CUDA thread as Python, so its tests are spread over every
+# core with pytest-xdist.
 test: test-cpu test-sim
 
 test-cpu: $(STAMP)
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 test-sim: $(STAMP)
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(PYTEST_FLAGS) tests/cuda
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(PYTEST_FLAGS) -n auto tests/cuda
 
 kernels-report: $(STAMP)
 	$(PY) -m gpudl.kernels.catalog
