@@ -7,6 +7,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from .callbacks import CallbackList
 from .errors import ShapeError
 from .losses import Loss
 from .optim import Optimizer
@@ -64,11 +65,18 @@ class Trainer:
 
     # ---- training
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-            seed=None, verbose=True):
+            seed=None, verbose=True, callbacks=(), augment=None):
         """Train and return the history: a dict of per-epoch lists
-        (loss, accuracy when it applies, and val_ versions with validation_data)."""
+        (loss, accuracy when it applies, and val_ versions with validation_data).
+
+        ``callbacks`` are gpudl.callbacks.Callback objects; ``augment`` is
+        called on every training batch as ``augment(x_batch, step)`` and
+        returns the batch to train on (see gpudl.augment); ``step`` counts
+        optimizer steps, so a seeded augmentation repeats on a resumed run."""
         epochs = _positive_int("epochs", epochs)
         batch_size = _positive_int("batch_size", batch_size, allow_none=True)
+        if augment is not None and not callable(augment):
+            raise TypeError(f"fit: augment must be callable, got {type(augment).__name__}")
         xd, yd, y_host = self._prepare(x, y)
         val = None
         if validation_data is not None:
@@ -76,65 +84,89 @@ class Trainer:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
             val = validation_data
             self._prepare(*val, what="validation_data x")  # fail now, not after epoch 1
+        self.callbacks = CallbackList(callbacks, self)
         n = xd.shape[0]
-        bs = n if batch_size is None else min(batch_size, n)
-        rng = np.random.default_rng(seed)
-        history: dict = {"loss": []}
+        self.batch_size = n if batch_size is None else min(batch_size, n)
+        self.epochs, self.shuffle, self.augment = epochs, shuffle, augment
+        #: the generator that shuffles; a checkpoint saves its state
+        self.rng = np.random.default_rng(seed)
+        self.history = {"loss": []}
+        self.epoch = 0          # epochs completed
+        self.stop_training = False
         # train mode for the epochs (forward below also says training=True
         # explicitly), and the caller's mode back afterwards
         was_training = getattr(self.model, "training", False)
         if hasattr(self.model, "train"):
             self.model.train()
         try:
-            self._epochs(xd, yd, y_host, val, epochs, bs, shuffle, rng, verbose, history)
+            self.callbacks.call("on_train_begin", {})
+            while self.epoch < epochs and not self.stop_training:
+                logs = self._run_epoch(xd, yd, y_host, val, verbose)
+                for k, v in logs.items():
+                    self.history.setdefault(k, []).append(v)
+            self.callbacks.call("on_train_end", {"epochs": self.epoch})
         finally:
             if hasattr(self.model, "train"):
                 self.model.train(was_training)
-        return history
+        return self.history
 
-    def _epochs(self, xd, yd, y_host, val, epochs, bs, shuffle, rng, verbose, history):
-        n = xd.shape[0]
-        be = self.model.backend
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            total, correct = 0.0, 0
-            # disable=None: a bar on a terminal, plain per-epoch lines in a log
-            with tqdm(total=n, disable=None if verbose else True, unit="sample", leave=True,
-                      desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True) as bar:
-                for start in range(0, n, bs):
-                    idx = order[start:start + bs]
-                    if bs == n and not shuffle:
-                        xb, yb = xd, yd
-                    else:
-                        di = be.asarray(idx.astype(np.int64))
-                        xb, yb = be.take_rows(xd, di), be.take_rows(yd, di)
-                    out = self.model.forward(xb, training=True)
-                    value = self.loss(out, yb)
-                    if not math.isfinite(value):
-                        raise FloatingPointError(
-                            f"the loss became {value} at epoch {epoch}, batch starting at sample "
-                            f"{start}: lower the learning rate (now {self.optimizer.lr})")
-                    self.model.backward(self.loss.backward(), need_input_grad=False)
-                    self.optimizer.step(self.model)
-                    total += value * len(idx)
-                    if self.loss.has_accuracy:
-                        correct += self.loss.correct(be.to_numpy(out), y_host[idx])
-                    bar.update(len(idx))
-                    bar.set_postfix(loss=f"{value:.4f}")
-                logs = {"loss": total / n}
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far (all fits of this optimizer)."""
+        return self.optimizer.iterations
+
+    def _run_epoch(self, xd, yd, y_host, val, verbose):
+        n, bs, be = xd.shape[0], self.batch_size, self.model.backend
+        epoch = self.epoch + 1
+        self.callbacks.call("on_epoch_begin", epoch, {})
+        t0 = time.perf_counter()
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        total, correct, seen = 0.0, 0, 0
+        # disable=None: a bar on a terminal, plain per-epoch lines in a log
+        with tqdm(total=n, disable=None if verbose else True, unit="sample", leave=True,
+                  desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar:
+            for batch, start in enumerate(range(0, n, bs)):
+                self.callbacks.call("on_batch_begin", batch, {})
+                idx = order[start:start + bs]
+                if bs == n and not self.shuffle:
+                    xb, yb = xd, yd
+                else:
+                    di = be.asarray(idx.astype(np.int64))
+                    xb, yb = be.take_rows(xd, di), be.take_rows(yd, di)
+                if self.augment is not None:
+                    xb = self.augment(xb, self.step)
+                out = self.model.forward(xb, training=True)
+                value = self.loss(out, yb)
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the loss became {value} at epoch {epoch}, batch starting at sample "
+                        f"{start}: lower the learning rate (now {self.optimizer.lr})")
+                self.model.backward(self.loss.backward(), need_input_grad=False)
+                self.optimizer.step(self.model)
+                total += value * len(idx)
+                seen += len(idx)
                 if self.loss.has_accuracy:
-                    logs["accuracy"] = correct / n
-                if val is not None:
-                    logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
-                logs["time"] = time.perf_counter() - t0
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
-            if verbose and bar.disable:
-                print(f"epoch {epoch}/{epochs}: " + ", ".join(
-                    f"{k}={v:.4f}" for k, v in logs.items() if k != "time")
-                    + f" ({logs['time']:.2f} s)", flush=True)
-            for k, v in logs.items():
-                history.setdefault(k, []).append(v)
+                    correct += self.loss.correct(be.to_numpy(out), y_host[idx])
+                bar.update(len(idx))
+                bar.set_postfix(loss=f"{value:.4f}")
+                self.callbacks.call("on_batch_end", batch, {"loss": value, "size": len(idx)})
+                if self.stop_training:
+                    break
+            logs = {"loss": total / max(seen, 1)}
+            if self.loss.has_accuracy:
+                logs["accuracy"] = correct / max(seen, 1)
+            if val is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
+            logs["time"] = time.perf_counter() - t0
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
+        self.epoch = epoch
+        self.callbacks.call("on_epoch_end", epoch, logs)
+        if verbose and bar.disable:
+            print(f"epoch {epoch}/{self.epochs}: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in logs.items()
+                if k != "time" and isinstance(v, (int, float)))
+                + f" ({logs['time']:.2f} s)", flush=True)
+        return logs
 
     def evaluate(self, x, y, batch_size=256):
         """Mean loss (and accuracy where it applies) in inference mode."""

@@ -60,6 +60,8 @@ class ChildArrays(MutableMapping):
     def __iter__(self):
         for branch, chain in self._owner.chains.items():
             for i, layer in enumerate(chain):
+                if self._attr == "grads" and not layer.trainable:
+                    continue  # a frozen child's old gradients must not reach an optimizer
                 for name in getattr(layer, self._attr):
                     yield f"{branch}.{i}.{name}"
 
