@@ -32,8 +32,8 @@ timeout ${T_TRAIN:-120} $PY -m gpudl.cli train --device cuda --quiet --save "" -
 train_rc=${PIPESTATUS[0]}; [ "$train_rc" = 0 ] || status=1
 
 step "benchmarks"
-BENCH=${GPU_CHECK_BENCH:-matmul dense conv}  # a subset for a short lease, e.g. "dense"
-mm_rc=skipped dense_rc=skipped conv_rc=skipped
+BENCH=${GPU_CHECK_BENCH:-matmul dense conv poolbn step}  # a subset for a short lease, e.g. "dense"
+mm_rc=skipped dense_rc=skipped conv_rc=skipped poolbn_rc=skipped step_rc=skipped
 if [[ " $BENCH " == *" matmul "* ]]; then
   timeout ${T_MM:-180} $PY -m benchmarks.matmul --json "$OUT/matmul.json" 2>&1 | tee "$OUT/bench-matmul.log" | tail -25
   mm_rc=${PIPESTATUS[0]}
@@ -48,6 +48,14 @@ if [[ " $BENCH " == *" conv "* ]]; then
   timeout ${T_CONV:-120} $PY -m benchmarks.conv_versions --json "$OUT/conv-versions.json" 2>&1 | tee "$OUT/bench-conv-versions.log" | tail -10
   [ "${PIPESTATUS[0]}" = 0 ] || conv_rc="versions FAIL"
 fi
+if [[ " $BENCH " == *" poolbn "* ]]; then
+  timeout ${T_POOLBN:-90} $PY -m benchmarks.pool_bn --device cuda --json "$OUT/poolbn-gpu.json" 2>&1 | tee "$OUT/bench-poolbn.log" | tail -28
+  poolbn_rc=${PIPESTATUS[0]}
+fi
+if [[ " $BENCH " == *" step "* ]]; then
+  timeout ${T_STEP:-90} $PY -m benchmarks.model_step --device cuda --json "$OUT/step-gpu.json" 2>&1 | tee "$OUT/bench-step.log" | grep -v '^  ' | tail -14
+  step_rc=${PIPESTATUS[0]}
+fi
 
 step "summary"
 printf '%-28s %s\n' "GPU tests (tests/cuda)" "$( [ "$gpu_rc" = 0 ] && echo pass || echo "FAIL ($gpu_rc)")" \
@@ -55,7 +63,9 @@ printf '%-28s %s\n' "GPU tests (tests/cuda)" "$( [ "$gpu_rc" = 0 ] && echo pass 
   "gpudl train --device cuda" "$( [ "$train_rc" = 0 ] && echo pass || echo "FAIL ($train_rc)")" \
   "matmul benchmark" "$( [ "$mm_rc" = 0 ] && echo ok || echo "$mm_rc")" \
   "dense-step benchmark" "$( [ "$dense_rc" = 0 ] && echo ok || echo "$dense_rc")" \
-  "conv benchmark" "$( [ "$conv_rc" = 0 ] && echo ok || echo "$conv_rc")"
+  "conv benchmark" "$( [ "$conv_rc" = 0 ] && echo ok || echo "$conv_rc")" \
+  "pool/batch-norm benchmark" "$( [ "$poolbn_rc" = 0 ] && echo ok || echo "$poolbn_rc")" \
+  "model-step benchmark" "$( [ "$step_rc" = 0 ] && echo ok || echo "$step_rc")"
 [ -f "$OUT/train-gpu.json" ] && $PY -c "import json;m=json.load(open('$OUT/train-gpu.json'));print(f\"train: test accuracy {m['test_accuracy']:.4f} in {m['seconds']:.1f} s on {m['device_name']}\")"
 [ -f "$OUT/matmul.json" ] && $PY - "$OUT/matmul.json" <<'PYEOF'
 import json, sys
