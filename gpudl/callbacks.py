@@ -13,6 +13,9 @@ from __future__ import annotations
 class Callback:
     #: set by the Trainer before on_train_begin
     trainer = None
+    #: run after every other callback (and after the history is updated); for
+    #: callbacks that save the run
+    runs_last = False
 
     def set_trainer(self, trainer) -> None:
         self.trainer = trainer
@@ -52,9 +55,13 @@ class CallbackList:
     def __iter__(self):
         return iter(self.callbacks)
 
-    def call(self, hook: str, *args) -> None:
+    def call(self, hook: str, *args, last=False) -> None:
+        """Run ``hook`` on the callbacks whose ``runs_last`` equals ``last``:
+        the Trainer runs the others' on_epoch_end, records the epoch, then
+        runs the last ones (checkpoints), which so see the finished epoch."""
         for cb in self.callbacks:
-            getattr(cb, hook)(*args)
+            if bool(getattr(cb, "runs_last", False)) == last:
+                getattr(cb, hook)(*args)
 
 
 class LambdaCallback(Callback):
@@ -68,3 +75,80 @@ class LambdaCallback(Callback):
             if name not in self.HOOKS:
                 raise ValueError(f"LambdaCallback: unknown hook {name!r}; choose from {self.HOOKS}")
             setattr(self, name, fn)
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for
+    ``patience`` epochs (the notes' early stopping: stop where validation
+    error turns up). With ``restore_best_weights`` the model ends with the
+    weights of its best epoch, whether or not training stopped early.
+
+    ``mode`` "min" or "max" ("auto": max for accuracies, else min);
+    ``stopped_epoch`` and ``best_epoch`` tell what happened."""
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
+                 restore_best_weights=False, baseline=None):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be a non-negative integer, "
+                             f"got {patience!r}")
+        if not isinstance(min_delta, (int, float)) or min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be a number >= 0, got {min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.mode = mode if mode != "auto" else ("max" if "acc" in monitor else "min")
+        self.restore_best_weights = bool(restore_best_weights)
+        self.baseline = baseline
+        self._reset()
+
+    def _reset(self):
+        self.best = self.baseline
+        self.best_epoch = 0
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best_weights = None
+
+    def on_train_begin(self, logs):
+        if self.trainer.epoch == 0:  # a resumed run keeps what set_state restored
+            self._reset()
+
+    def _improved(self, value):
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs):
+        if self.monitor not in logs:
+            raise KeyError(f"EarlyStopping: monitor {self.monitor!r} is not among the epoch's "
+                           f"logs {sorted(logs)} (pass validation_data to fit for val_*)")
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.trainer.model.state_arrays()
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.trainer.stop_training = True
+
+    def on_train_end(self, logs):
+        if self.restore_best_weights and self.best_weights is not None:
+            from .checkpoint import set_state_arrays
+            set_state_arrays(self.trainer.model, self.best_weights, where="EarlyStopping")
+
+    def get_state(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped_epoch": self.stopped_epoch}
+
+    def set_state(self, state):
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+
+    def arrays(self):
+        return dict(self.best_weights or {})
+
+    def load_arrays(self, arrays):
+        self.best_weights = dict(arrays) or None

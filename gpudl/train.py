@@ -65,14 +65,17 @@ class Trainer:
 
     # ---- training
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-            seed=None, verbose=True, callbacks=(), augment=None):
+            seed=None, verbose=True, callbacks=(), augment=None, resume_from=None):
         """Train and return the history: a dict of per-epoch lists
         (loss, accuracy when it applies, and val_ versions with validation_data).
 
         ``callbacks`` are gpudl.callbacks.Callback objects; ``augment`` is
         called on every training batch as ``augment(x_batch, step)`` and
         returns the batch to train on (see gpudl.augment); ``step`` counts
-        optimizer steps, so a seeded augmentation repeats on a resumed run."""
+        optimizer steps, so a seeded augmentation repeats on a resumed run.
+        ``resume_from`` names a checkpoint (gpudl.checkpoint.ModelCheckpoint)
+        to go on from: the run continues at the epoch after the saved one, up
+        to ``epochs`` in all, with the same callbacks in the same order."""
         epochs = _positive_int("epochs", epochs)
         batch_size = _positive_int("batch_size", batch_size, allow_none=True)
         if augment is not None and not callable(augment):
@@ -100,11 +103,14 @@ class Trainer:
             self.model.train()
         try:
             self.callbacks.call("on_train_begin", {})
+            self.callbacks.call("on_train_begin", {}, last=True)
+            if resume_from is not None:
+                from .checkpoint import restore
+                restore(self, resume_from)
             while self.epoch < epochs and not self.stop_training:
-                logs = self._run_epoch(xd, yd, y_host, val, verbose)
-                for k, v in logs.items():
-                    self.history.setdefault(k, []).append(v)
+                self._run_epoch(xd, yd, y_host, val, verbose)
             self.callbacks.call("on_train_end", {"epochs": self.epoch})
+            self.callbacks.call("on_train_end", {"epochs": self.epoch}, last=True)
         finally:
             if hasattr(self.model, "train"):
                 self.model.train(was_training)
@@ -119,6 +125,7 @@ class Trainer:
         n, bs, be = xd.shape[0], self.batch_size, self.model.backend
         epoch = self.epoch + 1
         self.callbacks.call("on_epoch_begin", epoch, {})
+        self.callbacks.call("on_epoch_begin", epoch, {}, last=True)
         t0 = time.perf_counter()
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         total, correct, seen = 0.0, 0, 0
@@ -127,6 +134,7 @@ class Trainer:
                   desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar:
             for batch, start in enumerate(range(0, n, bs)):
                 self.callbacks.call("on_batch_begin", batch, {})
+                self.callbacks.call("on_batch_begin", batch, {}, last=True)
                 idx = order[start:start + bs]
                 if bs == n and not self.shuffle:
                     xb, yb = xd, yd
@@ -149,7 +157,9 @@ class Trainer:
                     correct += self.loss.correct(be.to_numpy(out), y_host[idx])
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{value:.4f}")
-                self.callbacks.call("on_batch_end", batch, {"loss": value, "size": len(idx)})
+                blogs = {"loss": value, "size": len(idx)}
+                self.callbacks.call("on_batch_end", batch, blogs)
+                self.callbacks.call("on_batch_end", batch, blogs, last=True)
                 if self.stop_training:
                     break
             logs = {"loss": total / max(seen, 1)}
@@ -161,6 +171,9 @@ class Trainer:
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
         self.epoch = epoch
         self.callbacks.call("on_epoch_end", epoch, logs)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+        self.callbacks.call("on_epoch_end", epoch, logs, last=True)
         if verbose and bar.disable:
             print(f"epoch {epoch}/{self.epochs}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in logs.items()

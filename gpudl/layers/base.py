@@ -59,6 +59,14 @@ class Layer:
     def get_config(self) -> dict:
         return {"name": self.name}
 
+    def get_state(self) -> dict:
+        """Scalars beyond params and buffers that a checkpoint must keep for an
+        exact resume (dropout's call counter); JSON-able."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        pass
+
     # ---- shared helpers
     def _need(self, saved):
         """What forward saved for backward; an error if forward has not run."""

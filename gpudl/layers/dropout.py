@@ -39,5 +39,11 @@ class Dropout(Layer):
             n *= d
         return n
 
+    def get_state(self):
+        return {"calls": self.calls}
+
+    def set_state(self, state):
+        self.calls = int(state["calls"])
+
     def get_config(self):
         return {"p": self.p, "seed": self.seed, "name": self.name}
