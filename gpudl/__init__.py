@@ -7,7 +7,7 @@
     trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), gpudl.optim.SGD(0.1))
     history = trainer.fit(x, y, epochs=10, batch_size=32)
 """
-from . import data, layers, losses, optim
+from . import callbacks, checkpoint, data, history, layers, losses, optim, zoo
 from .convmatrix import conv_matrix
 from .backend import get_backend, get_device, gpu_available, set_device
 from .errors import DeviceError, GpudlError, ModelFileError, ShapeError
@@ -18,5 +18,6 @@ from .train import Trainer
 __version__ = "0.1.0"
 
 __all__ = ["set_device", "get_device", "get_backend", "gpu_available", "Sequential", "load",
-           "Trainer", "conv_matrix", "layers", "losses", "optim", "data", "manual_seed", "GpudlError",
+           "Trainer", "conv_matrix", "layers", "losses", "optim", "data", "zoo", "callbacks",
+           "checkpoint", "history", "manual_seed", "GpudlError",
            "ShapeError", "DeviceError", "ModelFileError", "__version__"]
