@@ -101,9 +101,14 @@ KERNELS += [
      _sigs(lambda t: (_t4(t), _t4(int64), _t4(t)) + _POOL)),
     ("avg_pool2d_fwd", pool.avg_pool2d_fwd, _sigs(lambda t: (_t4(t), _t4(t)) + _POOL)),
     ("avg_pool2d_bwd", pool.avg_pool2d_bwd, _sigs(lambda t: (_t4(t), _t4(t)) + _POOL)),
-    ("sgd", optim.sgd, _sigs(lambda t: (_v(t), _v(t), t, t))),
+    ("sgd", optim.sgd, _sigs(lambda t: (_v(t), _v(t)) + (t,) * 4)),
     ("sgd_momentum", optim.sgd_momentum,
-     _sigs(lambda t: (_v(t), _v(t), _v(t), t, t, t, boolean))),
+     _sigs(lambda t: (_v(t),) * 3 + (t,) * 5 + (boolean,))),
+    ("adam", optim.adam, _sigs(lambda t: (_v(t),) * 4 + (t,) * 11)),
+    ("rmsprop", optim.rmsprop, _sigs(lambda t: (_v(t),) * 3 + (t,) * 7)),
+    ("rmsprop_momentum", optim.rmsprop_momentum, _sigs(lambda t: (_v(t),) * 4 + (t,) * 8)),
+    ("adagrad", optim.adagrad, _sigs(lambda t: (_v(t),) * 3 + (t,) * 5)),
+    ("sum_squares", optim.sum_squares, _sigs(lambda t: (_v(t), _v(t)))),
 ]
 KERNELS += [
     ("bn_sqdev_partial", bn.sqdev_partial, _sigs(lambda t: (_t3(t), _v(t), _m(t)))),

@@ -194,16 +194,60 @@ class Backend(abc.ABC):
         grad = (p - t) / (p (1 - p)) / size."""
 
     # ---- optimizer --------------------------------------------------------
+    # Every update is in place on ``param`` and its state arrays (shaped like
+    # param, C-contiguous), one fused pass. Each follows the gradient
+    #     g = grad_scale * grad + weight_decay * param + l1 * sign(param)
+    # (grad_scale: gradient clipping's factor, 1 when not clipping). The
+    # formulas are PyTorch's (torch.optim docs), written out in each method.
     @abc.abstractmethod
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
-                   nesterov=False, weight_decay=0.0):
-        """In place SGD step on ``param`` (and ``velocity`` when momentum > 0).
-
-        g = grad + weight_decay * param
-        v = momentum * v - lr * g                     (the notes' momentum)
+                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0):
+        """SGD: v = momentum * v - lr * g                   (the notes' momentum)
         param += v                  (plain momentum, or plain SGD when momentum = 0)
         param += momentum * v - lr * g                 (nesterov)
         ``velocity`` may be None when momentum == 0."""
+
+    @abc.abstractmethod
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, step,
+                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0):
+        """Adam step number ``step`` (1 for the first), with bias correction:
+        param *= 1 - lr * weight_decay   (decoupled, AdamW; then g has no L2 term)
+        m = beta1 m + (1 - beta1) g,  v = beta2 v + (1 - beta2) g^2
+        param -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)"""
+
+    @abc.abstractmethod
+    def rmsprop_update(self, param, grad, square_avg, buf, lr, alpha, eps, momentum=0.0,
+                       weight_decay=0.0, l1=0.0, grad_scale=1.0):
+        """RMSprop: s = alpha s + (1 - alpha) g^2, d = g / (sqrt(s) + eps);
+        param -= lr d, or with momentum buf = momentum buf + d, param -= lr buf.
+        ``buf`` may be None when momentum == 0."""
+
+    @abc.abstractmethod
+    def adagrad_update(self, param, grad, sum_sq, lr, eps, weight_decay=0.0, l1=0.0,
+                       grad_scale=1.0):
+        """Adagrad: sum_sq += g^2, param -= lr g / (sqrt(sum_sq) + eps)."""
+
+    @abc.abstractmethod
+    def sum_squares(self, arrays):
+        """Sum of x**2 over every element of every array in the list, as a Python
+        float: the squared global norm that gradient clipping scales by. One
+        host read per dtype present (once per step in practice)."""
+
+    @staticmethod
+    def _check_state(op, param, grad, contiguous=True, **slots):
+        """ShapeError unless grad is shaped like param and every slot array
+        (None allowed) is shaped like param, all but grad C-contiguous where
+        ``contiguous`` (the kernels view them flat)."""
+        if tuple(grad.shape) != tuple(param.shape):
+            raise ShapeError(f"{op}: param has shape {tuple(param.shape)} but grad has shape "
+                             f"{tuple(grad.shape)}; they must match")
+        if contiguous and not param.flags.c_contiguous:
+            raise ShapeError(f"{op} updates param in place and needs it C-contiguous")
+        for name, x in slots.items():
+            if x is not None and (tuple(x.shape) != tuple(param.shape)
+                                  or (contiguous and not x.flags.c_contiguous)):
+                raise ShapeError(f"{op}: {name} must be C-contiguous and shaped like param "
+                                 f"{tuple(param.shape)}, got {tuple(x.shape)}")
 
     # ---- channel concatenation (concat merges, inception branches) -------
     @abc.abstractmethod

@@ -1,6 +1,8 @@
 """NumPy backend: vectorised, and the reference every CUDA kernel is tested against."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import cpu_bn, cpu_conv, cpu_pool, dropout_key
@@ -149,10 +151,21 @@ class CPUBackend(Backend):
             grad = (p - target) / (p * (1 - p)) / size
         return float(np.sum(loss) / size), grad.astype(pred.dtype, copy=False)
 
-    # ---- optimizer
+    # ---- optimizer (scalars enter as Python floats, so float32 stays float32)
+    @staticmethod
+    def _effective_grad(param, grad, weight_decay, l1, grad_scale):
+        g = grad * float(grad_scale) if grad_scale != 1 else grad
+        if weight_decay:
+            g = g + float(weight_decay) * param
+        if l1:
+            g = g + float(l1) * np.sign(param)
+        return g
+
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
-                   nesterov=False, weight_decay=0.0):
-        g = grad + weight_decay * param if weight_decay else grad
+                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0):
+        self._check_state("sgd_update", param, grad, False, velocity=velocity)
+        g = self._effective_grad(param, grad, weight_decay, l1, grad_scale)
+        lr, momentum = float(lr), float(momentum)
         if momentum == 0.0:
             param -= lr * g
             return
@@ -162,6 +175,46 @@ class CPUBackend(Backend):
             param += momentum * velocity - lr * g
         else:
             param += velocity
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, step,
+                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0):
+        self._check_state("adam_update", param, grad, False, m=m, v=v)
+        lr, beta1, beta2, eps = float(lr), float(beta1), float(beta2), float(eps)
+        g = self._effective_grad(param, grad, 0.0 if decoupled else weight_decay, l1, grad_scale)
+        if decoupled and weight_decay:
+            param *= 1.0 - lr * float(weight_decay)
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * g * g
+        step_size = lr / (1.0 - beta1 ** step)
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        param -= step_size * m / (np.sqrt(v) / bc2_sqrt + eps)
+
+    def rmsprop_update(self, param, grad, square_avg, buf, lr, alpha, eps, momentum=0.0,
+                       weight_decay=0.0, l1=0.0, grad_scale=1.0):
+        self._check_state("rmsprop_update", param, grad, False, square_avg=square_avg, buf=buf)
+        lr, alpha, eps, momentum = float(lr), float(alpha), float(eps), float(momentum)
+        g = self._effective_grad(param, grad, weight_decay, l1, grad_scale)
+        square_avg *= alpha
+        square_avg += (1.0 - alpha) * g * g
+        d = g / (np.sqrt(square_avg) + eps)
+        if momentum == 0.0:
+            param -= lr * d
+            return
+        buf *= momentum
+        buf += d
+        param -= lr * buf
+
+    def adagrad_update(self, param, grad, sum_sq, lr, eps, weight_decay=0.0, l1=0.0,
+                       grad_scale=1.0):
+        self._check_state("adagrad_update", param, grad, False, sum_sq=sum_sq)
+        g = self._effective_grad(param, grad, weight_decay, l1, grad_scale)
+        sum_sq += g * g
+        param -= float(lr) * g / (np.sqrt(sum_sq) + float(eps))
+
+    def sum_squares(self, arrays):
+        return float(sum(np.dot(a.ravel(), a.ravel()) for a in arrays))
 
     # ---- channel concatenation
     def concat_channels(self, xs):

@@ -363,24 +363,72 @@ class CUDABackend(Backend):
                               t(BCE_EPS), t(1 - BCE_EPS), t(pred.size))
         return self._mean(losses), grad
 
-    # ---- optimizer ---------------------------------------------------------
+    # ---- optimizer: one fused kernel per update (kernels/optim.py) ----------
+    def _update_args(self, op, param, grad, **slots):
+        """Checks, then (flat param, flat grad of param's dtype, scalar type)."""
+        self._check_state(op, param, grad, **slots)
+        return param.reshape(-1), self._c(grad, param.dtype).reshape(-1), param.dtype.type
+
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
-                   nesterov=False, weight_decay=0.0):
-        self._same_shape("sgd_update", param, grad, ("param", "grad"))
-        if not param.flags.c_contiguous:
-            raise ShapeError("sgd_update updates param in place and needs it C-contiguous")
-        t = param.dtype.type
-        grad = self._c(grad, param.dtype).reshape(-1)
+                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0):
+        if momentum != 0.0 and velocity is None:
+            raise ShapeError("sgd_update with momentum needs a velocity array, got None")
+        p, g, t = self._update_args("sgd_update", param, grad, velocity=velocity)
+        reg = (t(weight_decay), t(l1), t(grad_scale))
         if momentum == 0.0:
-            self._launch_flat(ok.sgd, param.size, param.reshape(-1), grad, t(lr), t(weight_decay))
+            self._launch_flat(ok.sgd, p.size, p, g, t(lr), *reg)
             return
-        if velocity is None or velocity.shape != param.shape or not velocity.flags.c_contiguous:
-            raise ShapeError(f"sgd_update with momentum needs a C-contiguous velocity shaped like "
-                             f"param {tuple(param.shape)}, got "
-                             f"{None if velocity is None else tuple(velocity.shape)}")
-        self._launch_flat(ok.sgd_momentum, param.size, param.reshape(-1), grad,
-                          velocity.reshape(-1), t(lr), t(momentum), t(weight_decay),
-                          bool(nesterov))
+        self._launch_flat(ok.sgd_momentum, p.size, p, g, velocity.reshape(-1), t(lr),
+                          t(momentum), *reg, bool(nesterov))
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, step,
+                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0):
+        p, g, t = self._update_args("adam_update", param, grad, m=m, v=v)
+        coupled, decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
+        self._launch_flat(ok.adam, p.size, p, g, m.reshape(-1), v.reshape(-1),
+                          t(lr / (1.0 - beta1 ** step)), t(beta1), t(1.0 - beta1), t(beta2),
+                          t(1.0 - beta2), t(eps), t(np.sqrt(1.0 - beta2 ** step)), t(coupled),
+                          t(decay), t(l1), t(grad_scale))
+
+    def rmsprop_update(self, param, grad, square_avg, buf, lr, alpha, eps, momentum=0.0,
+                       weight_decay=0.0, l1=0.0, grad_scale=1.0):
+        if momentum != 0.0 and buf is None:
+            raise ShapeError("rmsprop_update with momentum needs a buf array, got None")
+        p, g, t = self._update_args("rmsprop_update", param, grad, square_avg=square_avg,
+                                    buf=buf)
+        common = (t(lr), t(alpha), t(1.0 - alpha), t(eps))
+        reg = (t(weight_decay), t(l1), t(grad_scale))
+        if momentum == 0.0:
+            self._launch_flat(ok.rmsprop, p.size, p, g, square_avg.reshape(-1), *common, *reg)
+        else:
+            self._launch_flat(ok.rmsprop_momentum, p.size, p, g, square_avg.reshape(-1),
+                              buf.reshape(-1), *common, t(momentum), *reg)
+
+    def adagrad_update(self, param, grad, sum_sq, lr, eps, weight_decay=0.0, l1=0.0,
+                       grad_scale=1.0):
+        p, g, t = self._update_args("adagrad_update", param, grad, sum_sq=sum_sq)
+        self._launch_flat(ok.adagrad, p.size, p, g, sum_sq.reshape(-1), t(lr), t(eps),
+                          t(weight_decay), t(l1), t(grad_scale))
+
+    def sum_squares(self, arrays):
+        """Per dtype: each array's block partials into its slice of one buffer
+        (sum_squares), the buffer summed by one block (sum_1d), one host read."""
+        groups = {}
+        for a in arrays:
+            if a.size:
+                groups.setdefault(np.dtype(a.dtype), []).append(self._c(a).reshape(-1))
+        total = 0.0
+        for dtype, flat in groups.items():
+            blocks = [max(1, min(_cdiv(a.size, self._threads), self._max_blocks)) for a in flat]
+            partial = self.empty((sum(blocks),), dtype)
+            out = self.empty((1,), dtype)
+            offset = 0
+            for a, b in zip(flat, blocks):
+                self.launch(ok.sum_squares, b, self._threads, a, partial[offset:offset + b])
+                offset += b
+            self.launch(rk.sum_1d, 1, rk.SUM_THREADS, partial, out)
+            total += float(self.to_numpy(out)[0])
+        return total
 
     # ---- data movement and metrics ----------------------------------------
     @staticmethod
