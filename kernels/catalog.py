@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numba import boolean, float32, float64, int64, uint64
 
 from . import batchnorm as bn
-from . import dropout
+from . import augment, dropout
 from . import elementwise as ew
 from . import concat, conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax
 
@@ -124,6 +124,8 @@ KERNELS += [
     ("multiply", dropout.multiply, _sigs(lambda t: (_v(t), _v(t), _v(t)))),
     ("concat_channels", concat.concat_channels, _sigs(lambda t: (_m(t), _m(t), int64))),
     ("split_channels", concat.split_channels, _sigs(lambda t: (_m(t), _m(t), int64))),
+    ("affine_sample", augment.affine_sample,
+     _sigs(lambda t: (_t4(t), _m(t), _t4(t), t, boolean))),
 ]
 
 

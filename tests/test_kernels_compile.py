@@ -36,10 +36,10 @@ def report(pytestconfig):
 def test_every_kernel_is_listed():
     from gpudl.kernels import (conv, conv_implicit, elementwise, loss, matmul, optim, pool,
                                reduce, softmax)
-    from gpudl.kernels import batchnorm, concat, dropout
+    from gpudl.kernels import augment, batchnorm, concat, dropout
     listed = {id(k) for _, k, _ in catalog.entries()}
-    for mod in (concat, dropout, batchnorm, conv, conv_implicit, elementwise, loss, optim, pool,
-                reduce, softmax):
+    for mod in (augment, concat, dropout, batchnorm, conv, conv_implicit, elementwise, loss, optim,
+                pool, reduce, softmax):
         for name, obj in vars(mod).items():
             if hasattr(obj, "py_func") and not getattr(obj, "targetoptions", {}).get("device"):
                 assert id(obj) in listed, f"{mod.__name__}.{name} is missing from the catalog"

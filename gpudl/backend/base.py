@@ -139,6 +139,22 @@ class Backend(abc.ABC):
     def multiply(self, a, b):
         """a * b, elementwise, same shapes."""
 
+    # ---- data augmentation (gpudl.augment draws theta; kernels/augment.py samples)
+    @abc.abstractmethod
+    def augment_affine(self, x, theta, fill=0.0, nearest=False):
+        """A new array like x (N, C, H, W), float: sample n, output pixel (i, j)
+        shows x[n] at sy = t0 i + t1 j + t2, sx = t3 i + t4 j + t5, t = theta[n]
+        (host (N, 6), cast to x's dtype), read bilinearly (or at the nearest
+        pixel, for integer theta) with fill outside the image."""
+
+    @staticmethod
+    def _affine_check(x, theta):
+        if len(x.shape) != 4 or tuple(theta.shape) != (x.shape[0], 6):
+            raise ShapeError(f"augment_affine: x must be (N, C, H, W) and theta (N, 6); got "
+                             f"x of shape {tuple(x.shape)} and theta of shape {tuple(theta.shape)}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"augment_affine: x must be a float array, got {x.dtype}")
+
     # ---- activations (forward takes the input; backward takes what it names)
     @abc.abstractmethod
     def relu(self, x): ...

@@ -88,6 +88,35 @@ class CPUBackend(Backend):
             raise ShapeError(f"multiply: shapes {a.shape} and {b.shape} differ")
         return a * b
 
+    # ---- data augmentation: the reference of kernels/augment.py, same operation order
+    def augment_affine(self, x, theta, fill=0.0, nearest=False):
+        theta = np.asarray(theta, np.float64)
+        self._affine_check(x, theta)
+        x = np.ascontiguousarray(x)
+        dt = x.dtype.type
+        n, c, h, w = x.shape
+        t = theta.astype(x.dtype)[:, :, None, None]                   # (N, 6, 1, 1)
+        i, j = np.arange(h, dtype=x.dtype)[:, None], np.arange(w, dtype=x.dtype)[None, :]
+        sy = t[:, 0] * i + t[:, 1] * j + t[:, 2]                      # (N, H, W)
+        sx = t[:, 3] * i + t[:, 4] * j + t[:, 5]
+        ns, cs = np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None]
+
+        def tap(iy, ix):  # x[n, :, iy, ix] (N, C, H, W), fill outside the image
+            inside = ((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))[:, None]
+            v = x[ns, cs, np.clip(iy, 0, h - 1)[:, None], np.clip(ix, 0, w - 1)[:, None]]
+            return np.where(inside, v, dt(fill))
+
+        with np.errstate(invalid="ignore"):  # a far-off point: cast garbage, then fill
+            if nearest:
+                return tap(np.floor(sy + dt(0.5)).astype(np.int64),
+                           np.floor(sx + dt(0.5)).astype(np.int64))
+            fy, fx = np.floor(sy), np.floor(sx)
+            y0, x0 = fy.astype(np.int64), fx.astype(np.int64)
+        wy, wx, one = (sy - fy)[:, None], (sx - fx)[:, None], dt(1)
+        top = (one - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1)
+        bot = (one - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)
+        return (one - wy) * top + wy * bot
+
     # ---- activations
     def relu(self, x):
         return np.maximum(x, 0)

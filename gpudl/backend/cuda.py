@@ -249,6 +249,11 @@ class CUDABackend(Backend):
         self._launch_flat(dk.multiply, a.size, a.reshape(-1), b.reshape(-1), out.reshape(-1))
         return out
 
+    # ---- data augmentation (kernel launch in cuda_augment.py) -----------------
+    def augment_affine(self, x, theta, fill=0.0, nearest=False):
+        from . import cuda_augment
+        return cuda_augment.augment_affine(self, x, theta, fill, nearest)
+
     # ---- batch normalization (kernels and launches in cuda_bn.py) -------------
     def batchnorm_stats(self, x):
         return cuda_bn.batchnorm_stats(self, x)
