@@ -103,6 +103,32 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    """``gpudl demo NAME``: one of the notes' experiments (gpudl.demos); ``--list`` names them."""
+    from .demos import DEMOS, available, load
+    if args.list or not args.name:
+        have = set(available())
+        width = max(len(n) for n in DEMOS)
+        for name, (_, about) in DEMOS.items():
+            print(f"{name:<{width}}  {about}" + ("" if name in have else "  (not installed)"))
+        if not args.list:
+            print("usage: gpudl demo NAME [--quick] [--seed S] [--out-dir DIR] [--device D]",
+                  file=sys.stderr)
+            return 2
+        return 0
+    import gpudl
+    be = gpudl.set_device(args.device)
+    try:
+        demo = load(args.name)
+    except (ValueError, ImportError) as e:
+        print(f"gpudl demo: error: {e}", file=sys.stderr)
+        return 2
+    print(f"gpudl demo {args.name} on {be.name} ({be.device_name()})"
+          f"{', quick' if args.quick else ''}, seed {args.seed}")
+    demo.run(quick=args.quick, seed=args.seed, out_dir=args.out_dir)
+    return 0
+
+
 def _positive(kind):
     def parse(text):
         value = kind(text)
@@ -152,6 +178,17 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--metrics-out", default=None, help="write final metrics as JSON here")
     t.add_argument("--quiet", action="store_true", help="no progress bars; one line per epoch")
     t.set_defaults(run=cmd_train)
+
+    d = sub.add_parser("demo", help="run one of the course notes' experiments (--list names them)")
+    d.add_argument("name", nargs="?", help="perceptron, approximation, sgd, vanishing, "
+                                           "overfitting or transfer")
+    d.add_argument("--list", action="store_true", help="list the demos and exit")
+    d.add_argument("--quick", action="store_true", help="a few-second version (smaller sizes)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out-dir", default=os.path.join("runs", "demos"),
+                   help="where the PNG plot goes (default runs/demos)")
+    d.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
+    d.set_defaults(run=cmd_demo)
     return p
 
 

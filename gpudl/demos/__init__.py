@@ -17,8 +17,8 @@ import os
 #: name -> (module under gpudl.demos, one-line description)
 DEMOS = {
     "perceptron": ("perceptron", "a perceptron learns NAND, never XOR; a 2-layer MLP learns XOR"),
-    "approximation": ("approximation", "shallow networks approximate a function better as they "
-                                       "widen; a deeper one needs fewer units"),
+    "approximation": ("approximation", "shallow sigmoid networks approximate a function better "
+                                       "as they widen; deeper ones compared"),
     "sgd": ("sgd", "full-batch, mini-batch and online SGD; plain, momentum and Nesterov: "
                    "loss against epochs and against time"),
     "vanishing": ("vanishing", "per-layer gradient norms of deep sigmoid, ReLU and residual "

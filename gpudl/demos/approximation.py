@@ -67,7 +67,7 @@ def run(quick=False, seed=0, out_dir="runs/demos", print_fn=print) -> dict:
     y = target(x).astype(np.float32)
     x_eval = np.linspace(LOW, HIGH, 1001, dtype=np.float32).reshape(-1, 1)
     if quick:
-        shallow, deep, epochs, restarts = (2, 8, 32), ([6, 6],), 2000, 1
+        shallow, deep, epochs, restarts = (2, 8, 32), ([6, 6],), 1500, 1
     else:
         shallow, deep, epochs, restarts = (2, 4, 8, 16, 32), ([4, 4], [6, 6], [5, 5, 5]), 8000, 3
     rows, curves, result = [], {}, {"shallow": [], "deep": []}
