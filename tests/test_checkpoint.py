@@ -194,3 +194,38 @@ def test_history_files_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     png = plot_history(history, tmp_path / "curves.png", title="digits")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_with_adam_schedule_clipping_augmentation_and_ema(tmp_path):
+    """Every piece of state a run carries: Adam's moments and step counts, a
+    warm-up schedule, clipping, seeded augmentation, dropout, batch norm, EMA."""
+    from gpudl.augment import Augment
+    from gpudl.averaging import EMA
+    from gpudl.layers import Conv2D, Flatten
+    from gpudl.schedules import CosineDecay, WarmUp
+
+    rng = np.random.default_rng(2)
+    x = rng.random((24, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 24)
+
+    def run(epochs, resume=None, ckpt=None):
+        gpudl.manual_seed(7)
+        model = gpudl.Sequential([Conv2D(1, 4, 3, padding="same"), BatchNorm(4), ReLU(),
+                                  Flatten(), Dropout(0.2), Dense(144, 3)])
+        opt = gpudl.optim.Adam(WarmUp(CosineDecay(0.01, 40), 5), clip_norm=1.0)
+        ema = EMA(0.9)
+        t = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), opt)
+        cbs = [ema] + ([ModelCheckpoint(ckpt)] if ckpt else [])
+        t.fit(x, y, epochs=epochs, batch_size=8, seed=1, verbose=False, callbacks=cbs,
+              augment=Augment(shift=1, flip=True, seed=3), resume_from=resume)
+        return model.state_arrays(), ema.arrays(), t.history
+
+    whole, whole_ema, whole_history = run(4)
+    run(2, ckpt=tmp_path / "c.ckpt")
+    resumed, resumed_ema, resumed_history = run(4, resume=tmp_path / "c.ckpt")
+    for k in ("loss", "accuracy"):
+        assert resumed_history[k] == whole_history[k]
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    for k in whole_ema:
+        np.testing.assert_array_equal(resumed_ema[k], whole_ema[k], err_msg=k)
