@@ -53,6 +53,45 @@ def _load_data(args, images):
     return DATASETS[args.data](root=args.data_dir, flatten=not images)
 
 
+def _optimizer(args, n_train):
+    from . import optim, schedules
+    lr = args.lr
+    if args.schedule == "cosine":
+        total = schedules.epochs_to_steps(args.epochs,
+                                          schedules.steps_per_epoch(n_train, args.batch_size))
+        lr = schedules.CosineDecay(args.lr, total)
+    kw = {"weight_decay": args.weight_decay, "clip_norm": args.clip_norm}
+    if args.optimizer == "sgd":
+        return optim.SGD(lr, momentum=args.momentum, nesterov=args.nesterov, **kw)
+    cls = {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop,
+           "adagrad": optim.Adagrad}[args.optimizer]
+    return cls(lr, **kw)
+
+
+def _toolkit(args, images):
+    """The callbacks and augmentation the flags ask for."""
+    from .callbacks import EarlyStopping
+    from .checkpoint import ModelCheckpoint
+    callbacks = []
+    if args.early_stopping:
+        callbacks.append(EarlyStopping("val_loss", patience=args.early_stopping,
+                                       restore_best_weights=True))
+    if args.checkpoint:
+        callbacks.append(ModelCheckpoint(args.checkpoint))
+    elif args.resume:
+        raise SystemExit("gpudl train: --resume needs --checkpoint PATH")
+    if args.history:
+        from .history import CSVLogger
+        callbacks.append(CSVLogger(args.history))
+    augment = None
+    if args.augment:
+        if not images:
+            raise SystemExit(f"gpudl train: --augment needs an image model, not {args.model}")
+        from .augment import Augment
+        augment = Augment(shift=args.augment, seed=args.seed)
+    return callbacks, augment
+
+
 def cmd_train(args) -> int:
     import gpudl
     from .zoo import MODELS
@@ -73,12 +112,13 @@ def cmd_train(args) -> int:
           f"data set: {args.data}, "
           f"{len(x_train)} train / {len(x_test)} test samples")
     model.summary()
-    trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(),
-                            gpudl.optim.SGD(args.lr, momentum=args.momentum))
+    trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), _optimizer(args, len(x_train)))
+    callbacks, augment = _toolkit(args, images)
     t0 = time.perf_counter()
     history = trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                           validation_data=(x_test, y_test), seed=args.seed,
-                          verbose=not args.quiet)
+                          verbose=not args.quiet, callbacks=callbacks, augment=augment,
+                          resume_from=args.checkpoint if args.resume else None)
     seconds = time.perf_counter() - t0
     if args.quiet:
         for e in range(len(history["loss"])):
@@ -166,7 +206,26 @@ def make_parser() -> argparse.ArgumentParser:
                    help="default depends on the model (30 for mlp, 15 for lenet, ...)")
     t.add_argument("--batch-size", type=_positive(int), default=None)
     t.add_argument("--lr", type=_positive(float), default=None)
-    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--optimizer", default="sgd",
+                   choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    t.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 weight decay (decoupled for adamw); never on biases or batch norm")
+    t.add_argument("--clip-norm", type=_positive(float), default=None,
+                   help="clip the global gradient norm to this")
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule over the run")
+    t.add_argument("--augment", type=int, default=0, metavar="SHIFT",
+                   help="random shifts of up to SHIFT pixels per training batch (images)")
+    t.add_argument("--early-stopping", type=_positive(int), default=None, metavar="PATIENCE",
+                   help="stop when val_loss has not improved for PATIENCE epochs, "
+                        "keeping the best weights")
+    t.add_argument("--checkpoint", default=None,
+                   help="write a checkpoint here after every epoch (atomically)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --checkpoint")
+    t.add_argument("--history", default=None, help="write the history as CSV here")
     t.add_argument("--hidden", type=_positive(int), nargs="+", default=[256, 128],
                    help="hidden layer widths of the mlp (default: 256 128)")
     t.add_argument("--seed", type=int, default=0)

@@ -51,3 +51,25 @@ def test_train_the_cnn_from_the_command_line(tmp_path):
                  "--quiet", "--save", "", "--metrics-out", str(metrics)]) == 0
     result = json.loads(metrics.read_text())
     assert result["model"] == "cnn" and result["test_accuracy"] > 0.5
+
+
+def test_training_toolkit_flags_and_resume(tmp_path, capsys):
+    ckpt, hist = tmp_path / "run.ckpt", tmp_path / "h.csv"
+    common = ["train", "--model", "cnn", "--device", "cpu", "--limit", "120", "--quiet",
+              "--save", "", "--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.01",
+              "--clip-norm", "5", "--augment", "1", "--checkpoint", str(ckpt),
+              "--early-stopping", "3"]
+    assert main(common + ["--epochs", "2", "--history", str(hist)]) == 0
+    assert len(hist.read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert main(common + ["--epochs", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 3:" in out  # the resumed run printed its whole history, then epoch 3
+    from gpudl.checkpoint import read_checkpoint
+    meta, _ = read_checkpoint(ckpt)
+    assert meta["epoch"] == 3 and meta["optimizer"]["class"] == "AdamW"
+
+
+def test_resume_without_checkpoint_is_refused():
+    with pytest.raises(SystemExit, match="--resume needs --checkpoint"):
+        main(["train", "--device", "cpu", "--resume", "--epochs", "1", "--limit", "50"])
