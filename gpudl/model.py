@@ -37,12 +37,16 @@ class Sequential:
             self.output_shape()  # a chain that does not fit together fails here, not mid-epoch
 
     def _dedupe_names(self):
-        seen = {}
+        """Give every layer, nested ones included, a name no earlier layer has
+        ("dense", "dense_1", ...), so names can select layers (freeze)."""
+        taken = set()
         for layer in self.walk():
-            n = seen.get(layer.name, 0)
-            seen[layer.name] = n + 1
-            if n:
-                layer.name = f"{layer.name}_{n}"
+            if layer.name in taken:
+                base, k = layer.name, 1
+                while f"{base}_{k}" in taken:
+                    k += 1
+                layer.name = f"{base}_{k}"
+            taken.add(layer.name)
 
     def walk(self):
         """Every layer, containers before their children, in forward order."""
@@ -51,6 +55,14 @@ class Sequential:
                 yield layer
                 yield from visit(getattr(layer, "layers", ()))
         return visit(self.layers)
+
+    def _parents(self) -> dict:
+        """id(layer) -> the container that holds it, for nested layers."""
+        out = {}
+        for layer in self.walk():
+            for child in getattr(layer, "layers", ()):
+                out[id(child)] = layer
+        return out
 
     def _infer_input(self):
         first = self.layers[0]
@@ -77,6 +89,124 @@ class Sequential:
         """Inference mode: dropout is the identity, batch norm uses its running averages."""
         return self.train(False)
 
+    # ---- freezing, transfer learning and fine-tuning
+    def _select(self, which, what) -> list:
+        """Layers named by ints (negative allowed), slices, names (any layer
+        that walk() yields, nested ones included) or Layer objects; all
+        top-level layers when ``which`` is empty."""
+        if not which:
+            return list(self.layers)
+        found, n = [], len(self.layers)
+        by_name = {layer.name: layer for layer in self.walk()}
+        ids = {id(layer) for layer in self.walk()}
+        for item in which:
+            if isinstance(item, slice):
+                found += self.layers[item]
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not -n <= item < n:
+                    raise IndexError(f"Sequential.{what}: layer index {item} is out of range "
+                                     f"for {n} layers (valid: {-n} to {n - 1})")
+                found.append(self.layers[item])
+            elif isinstance(item, str):
+                if item not in by_name:
+                    raise KeyError(f"Sequential.{what}: no layer named {item!r}; "
+                                   f"layers are: {', '.join(by_name)}")
+                found.append(by_name[item])
+            elif isinstance(item, Layer):
+                if id(item) not in ids:
+                    raise ValueError(f"Sequential.{what}: layer '{item.name}' "
+                                     f"({type(item).__name__}) is not part of this model")
+                found.append(item)
+            else:
+                raise TypeError(f"Sequential.{what}: expected layer indices, slices, names or "
+                                f"Layer objects, got {type(item).__name__}")
+        return found
+
+    @staticmethod
+    def _set_trainable(layer, flag: bool) -> None:
+        """The layer and everything inside it."""
+        layer.trainable = flag
+        for child in getattr(layer, "layers", ()):
+            Sequential._set_trainable(child, flag)
+
+    def freeze(self, *which) -> "Sequential":
+        """Stop training the selected layers (all layers when none is given):
+        ``freeze()``, ``freeze(0, -2)``, ``freeze(slice(None, -1))``,
+        ``freeze("conv2d_1")``, ``freeze(model.layers[3])``. A container's
+        children freeze with it.
+
+        A frozen layer computes no weight gradients, the optimizer skips it
+        (it creates no momentum for it) and its weights stay bit-identical;
+        backward stops below the lowest layer that still trains. A frozen
+        BatchNorm runs in inference mode even while the model trains: it
+        normalises with its running statistics and leaves them as they are
+        (see gpudl.layers.BatchNorm), as in Keras and usual fine-tuning
+        practice, so a small new data set does not disturb statistics
+        learned on the large one. Returns the model."""
+        for layer in self._select(which, "freeze"):
+            self._set_trainable(layer, False)
+        return self
+
+    def unfreeze(self, *which) -> "Sequential":
+        """Train the selected layers again (all layers when none is given);
+        same selectors as freeze(). Unfreezing a nested layer also marks the
+        containers holding it as trainable (their other children keep their
+        state). Give the optimizer a lower learning rate for fine-tuning, and
+        use a new optimizer after changing the model (its state is keyed by
+        layer index). Returns the model."""
+        parents = self._parents()
+        for layer in self._select(which, "unfreeze"):
+            self._set_trainable(layer, True)
+            up = parents.get(id(layer))
+            while up is not None:
+                up.trainable = True
+                up = parents.get(id(up))
+        return self
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer (the "head"), for transfer learning:
+        ``model.pop(); model.freeze(); model.add(Dense(features, classes))``."""
+        if len(self.layers) < 2:
+            raise ValueError("Sequential.pop: cannot remove the only layer of a model")
+        return self.layers.pop()
+
+    def add(self, layer) -> "Sequential":
+        """Append a layer (a new head). Its name is made unique in the model and,
+        when the input shape is known, it must accept the current output shape:
+        otherwise a ShapeError names both and the model is left unchanged.
+        Returns the model."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        if any(layer is other for other in self.walk()):
+            raise ValueError(f"Sequential.add: layer '{layer.name}' is already in the model")
+        if self.input_shape is not None:
+            before = self.output_shape()
+            try:
+                layer.output_shape(before)
+            except ShapeError as e:
+                last = self.layers[-1]
+                raise ShapeError(f"Sequential.add: layer '{layer.name}' ({type(layer).__name__}) "
+                                 f"does not fit after '{last.name}' ({type(last).__name__}), whose "
+                                 f"output has per-sample shape {before}: {e}") from None
+        self.layers.append(layer)
+        self._dedupe_names()
+        return self
+
+    def trainable_layers(self) -> list:
+        """Layers (nested ones included) whose own parameters will be trained."""
+        return [layer for layer, on in self._effective() if on and layer.params
+                and not hasattr(layer, "layers")]
+
+    def _effective(self):
+        """(layer, trains): a layer trains when it and every container around it
+        are trainable."""
+        def visit(layers, on):
+            for layer in layers:
+                here = on and layer.trainable
+                yield layer, here
+                yield from visit(getattr(layer, "layers", ()), here)
+        return visit(self.layers, True)
+
     # ---- computation
     def forward(self, x, training=None):
         """Run every layer; ``training`` overrides the model's mode (train()/eval())."""
@@ -90,9 +220,17 @@ class Sequential:
     def backward(self, grad, need_input_grad=True):
         """Backpropagate d(loss)/d(output); returns d(loss)/d(input), or None
         with ``need_input_grad=False`` (the first layer may then skip that work)."""
-        for layer in reversed(self.layers[1:]):
+        first = 0
+        if not need_input_grad:
+            # nothing below the lowest layer that trains needs a gradient:
+            # with a frozen base, backward stops at the new head
+            wants = [_trains(layer) for layer in self.layers]
+            if not any(wants):
+                return None
+            first = wants.index(True)
+        for layer in reversed(self.layers[first + 1:]):
             grad = layer.backward(grad)
-        return self.layers[0].backward(grad, need_input_grad=need_input_grad)
+        return self.layers[first].backward(grad, need_input_grad=need_input_grad)
 
     def predict(self, x, batch_size=None):
         """Host array in, host array out; runs in inference mode."""
@@ -122,7 +260,13 @@ class Sequential:
 
     # ---- bookkeeping
     def num_params(self, trainable_only=False) -> int:
-        return sum(l.num_params() for l in self.layers if l.trainable or not trainable_only)
+        """All parameters, or those that train: a layer's count only when it and
+        every container around it are trainable (nested frozen layers count as
+        frozen)."""
+        if not trainable_only:
+            return sum(l.num_params() for l in self.layers)
+        return sum(l.num_params() for l, on in self._effective()
+                   if on and not hasattr(l, "layers"))
 
     def summary(self, input_shape=None, print_fn=print) -> str:
         """A table of layer, output shape, parameters and FLOPs per sample.
@@ -182,6 +326,16 @@ class Sequential:
     def __repr__(self):
         inner = ",\n  ".join(repr(l) for l in self.layers)
         return f"Sequential([\n  {inner}\n])"
+
+
+def _trains(layer) -> bool:
+    """Whether backward through ``layer`` fills any gradient an optimizer reads."""
+    if not layer.trainable:
+        return False
+    children = getattr(layer, "layers", None)
+    if children is not None:
+        return any(_trains(c) for c in children)
+    return bool(layer.params)
 
 
 def atomic_write(path, write) -> None:

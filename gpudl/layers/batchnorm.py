@@ -6,6 +6,16 @@ averages are used. Conventions follow PyTorch so weights move between the
 two: running = (1 - momentum) running + momentum batch, with momentum = 0.1;
 the running variance takes the unbiased batch variance (times M / (M - 1),
 M = N H W), while the batch itself is normalised with the biased one.
+
+Frozen (``trainable = False``, as Sequential.freeze sets it), a BatchNorm
+always runs in inference mode, even when the model trains: it normalises
+with its running statistics and leaves them unchanged, and gamma and beta
+get no gradients. tf.keras does the same since TensorFlow 2.0 (so does
+Keras 3), and it is the usual practice when fine-tuning: a few batches of
+new data would otherwise overwrite statistics learned on the large data
+set, and the layers after it would see inputs scaled differently from
+those they were trained on. The input gradient is then that of a fixed
+affine map, dx = gamma / sqrt(running_var + eps) * dy per channel.
 """
 from __future__ import annotations
 
@@ -49,6 +59,8 @@ class BatchNorm(Layer):
     def forward(self, x, training=False):
         be, x4 = self.backend, self._as4d(x)
         g, b = self.params["gamma"], self.params["beta"]
+        if training and not self.trainable:
+            training = False  # frozen: inference mode, running statistics kept (see above)
         if training:
             m = x4.shape[0] * x4.shape[2] * x4.shape[3]
             if m < 2:
@@ -64,10 +76,22 @@ class BatchNorm(Layer):
         else:
             y, _ = be.batchnorm_forward(x4, self.buffers["running_mean"],
                                         self.buffers["running_var"], g, b, self.eps)
-            self._saved = None
+            # frozen: backward is the fixed affine map's, which needs only the shape
+            self._saved = None if self.trainable else ("frozen", x4.shape)
         return y.reshape(x.shape)
 
     def backward(self, grad, need_input_grad=True):
+        if self._saved is not None and isinstance(self._saved[0], str):  # ("frozen", shape)
+            if not need_input_grad:
+                return None
+            # dx = gamma invstd_running dy: the forward map itself, applied to dy
+            # with zero mean and zero shift
+            be, c = self.backend, self.num_features
+            zeros = be.zeros((c,), self.dtype)
+            dx, _ = be.batchnorm_forward(grad.reshape(self._saved[1]), zeros,
+                                         self.buffers["running_var"], self.params["gamma"],
+                                         zeros, self.eps)
+            return dx.reshape(grad.shape)
         if self._saved is None:
             raise RuntimeError(f"layer '{self.name}' (BatchNorm): backward needs a forward with "
                                f"training=True (the batch statistics it differentiates)")
