@@ -40,7 +40,7 @@ wheel-check: $(STAMP)
 	rm -rf dist && $(PY) -m pip wheel -q --no-deps -w dist .
 	rm -rf $(VENV)-wheel && $(PYTHON) -m venv $(VENV)-wheel
 	$(VENV)-wheel/bin/pip install -q dist/gpudl-*.whl
-	cd / && $(CURDIR)/$(VENV)-wheel/bin/python -c "import gpudl, gpudl.kernels, gpudl.kernels.matmul; print('wheel ok:', gpudl.__file__)"
+	cd / && $(CURDIR)/$(VENV)-wheel/bin/python -c "import gpudl, gpudl.kernels, gpudl.kernels.matmul, gpudl.demos.perceptron; print('wheel ok:', gpudl.__file__)"
 	$(VENV)-wheel/bin/gpudl info --device cpu
 
 bench: $(STAMP)
