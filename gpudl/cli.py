@@ -92,10 +92,21 @@ def _toolkit(args, images):
     return callbacks, augment
 
 
+def _silent(*args, **kwargs):
+    pass
+
+
 def cmd_train(args) -> int:
     import gpudl
     from .zoo import MODELS
-    be = gpudl.set_device(args.device)
+    dist = None
+    if args.distributed:  # rank, world and GPU from the launcher (gpudl.distributed)
+        from . import distributed
+        dist = distributed.init(device=args.device)
+        be = gpudl.get_backend()
+    else:
+        be = gpudl.set_device(args.device)
+    say = print if dist is None or dist.is_main else _silent  # rank 0 talks
     gpudl.manual_seed(args.seed)
     build, images = MODELS[args.model]
     epochs, lr, batch_size, _ = TRAIN_DEFAULTS[args.model]
@@ -108,11 +119,20 @@ def cmd_train(args) -> int:
     classes = int(max(y_train.max(), y_test.max())) + 1
     model = build(x_train.shape[1:], classes, args.hidden) if args.model == "mlp" else \
         build(x_train.shape[1:], classes)
-    print(f"gpudl {__version__} on {be.name} ({be.device_name()}); model: {args.model}; "
-          f"data set: {args.data}, "
-          f"{len(x_train)} train / {len(x_test)} test samples")
-    model.summary()
-    trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), _optimizer(args, len(x_train)))
+    say(f"gpudl {__version__} on {be.name} ({be.device_name()}); model: {args.model}; "
+        f"data set: {args.data}, "
+        f"{len(x_train)} train / {len(x_test)} test samples")
+    n_steps = len(x_train)
+    if dist is not None:
+        say(f"distributed: {dist.world_size} ranks ({dist.comm.name}), batch {args.batch_size} "
+            f"per rank, {dist.world_size * args.batch_size} in all")
+        n_steps = dist.sampler.num_samples(len(x_train))  # each rank's samples per epoch
+        if args.sync_bn:
+            from .distributed import convert_sync_batchnorm
+            convert_sync_batchnorm(model)
+    model.summary(print_fn=say)
+    trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), _optimizer(args, n_steps),
+                            distributed=dist)
     callbacks, augment = _toolkit(args, images)
     t0 = time.perf_counter()
     history = trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
@@ -120,6 +140,11 @@ def cmd_train(args) -> int:
                           verbose=not args.quiet, callbacks=callbacks, augment=augment,
                           resume_from=args.checkpoint if args.resume else None)
     seconds = time.perf_counter() - t0
+    if dist is not None and args.sync_bn:
+        from .distributed import revert_sync_batchnorm
+        revert_sync_batchnorm(model)  # a plain model file
+    if dist is not None and not dist.is_main:
+        return 0  # rank 0 evaluates, reports and saves
     if args.quiet:
         for e in range(len(history["loss"])):
             print(f"epoch {e + 1}: " + ", ".join(f"{k}={v[e]:.4f}" for k, v in history.items()
@@ -166,6 +191,42 @@ def cmd_demo(args) -> int:
     print(f"gpudl demo {args.name} on {be.name} ({be.device_name()})"
           f"{', quick' if args.quick else ''}, seed {args.seed}")
     demo.run(quick=args.quick, seed=args.seed, out_dir=args.out_dir)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    """``gpudl profile``: a few training steps of a zoo model on random data, under
+    gpudl.profile, after one warm-up step (kernel compilation, allocations)."""
+    import inspect
+
+    import numpy as np
+
+    import gpudl
+    from .profile import profile
+    from .zoo import MODELS
+    be = gpudl.set_device(args.device)
+    gpudl.manual_seed(args.seed)
+    build = MODELS[args.model][0]
+    in_shape = tuple(inspect.signature(build).parameters["in_shape"].default)
+    model = build(in_shape, 10)
+    rng = np.random.default_rng(args.seed)
+    bs, n = args.batch_size, args.batch_size * args.steps
+    x = rng.standard_normal((n,) + in_shape).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), gpudl.optim.SGD(0.01, momentum=0.9))
+    trainer.fit(x[:bs], y[:bs], epochs=1, batch_size=bs, verbose=False)
+    be.synchronize()
+    with profile(trainer) as prof:
+        t0 = time.perf_counter()
+        trainer.fit(x, y, epochs=1, batch_size=bs, verbose=False)
+        be.synchronize()
+        wall = time.perf_counter() - t0
+    print(f"gpudl profile: {args.model} {in_shape}, batch {bs}, {args.steps} steps on {be.name} "
+          f"({be.device_name()}): {wall * 1e3:.1f} ms wall, {wall / args.steps * 1e3:.2f} ms/step")
+    prof.table(limit=args.limit, ceilings=not args.no_ceilings)
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
+        print(f"trace: {args.trace} (open in chrome://tracing or ui.perfetto.dev)")
     return 0
 
 
@@ -236,6 +297,12 @@ def make_parser() -> argparse.ArgumentParser:
                         "'' to skip)")
     t.add_argument("--metrics-out", default=None, help="write final metrics as JSON here")
     t.add_argument("--quiet", action="store_true", help="no progress bars; one line per epoch")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training, one process per GPU or CPU share, launched "
+                        "by mpiexec (or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT with NCCL); "
+                        "--batch-size is per process; see docs/distributed.md")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch-norm statistics over every process's batch")
     t.set_defaults(run=cmd_train)
 
     d = sub.add_parser("demo", help="run one of the course notes' experiments (--list names them)")
@@ -248,6 +315,20 @@ def make_parser() -> argparse.ArgumentParser:
                    help="where the PNG plot goes (default runs/demos)")
     d.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
     d.set_defaults(run=cmd_demo)
+
+    pr = sub.add_parser("profile", help="time every op and kernel of a few training steps "
+                                        "of a zoo model (random data) and print a roofline table")
+    pr.add_argument("--model", default="lenet", choices=sorted(MODELS))
+    pr.add_argument("--batch-size", type=_positive(int), default=32)
+    pr.add_argument("--steps", type=_positive(int), default=5, help="profiled steps (default 5)")
+    pr.add_argument("--device", default=device_default, help="auto (default), cpu or cuda")
+    pr.add_argument("--trace", default=None, metavar="FILE",
+                    help="also write a Chrome/Perfetto trace (JSON) here")
+    pr.add_argument("--limit", type=_positive(int), default=None, help="rows per section")
+    pr.add_argument("--no-ceilings", action="store_true",
+                    help="skip measuring (or reading the cached) copy and matmul ceilings")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(run=cmd_profile)
     return p
 
 
@@ -258,6 +339,9 @@ def main(argv=None) -> int:
         return args.run(args)
     except GpudlError as e:
         print(f"gpudl: error: {e}", file=sys.stderr)
+        env = sys.modules.get("gpudl.distributed.env")
+        if env is not None and env.current() is not None and env.current().world_size > 1:
+            env.abort(f"gpudl: error: {e}", code=2)  # the other ranks must not wait for ever
         return 2
 
 

@@ -13,6 +13,25 @@ from .losses import Loss
 from .optim import Optimizer
 
 
+class _RankCallbackList(CallbackList):
+    """Distributed runs, ranks other than 0: callbacks that write files
+    (ModelCheckpoint, CSVLogger, or any with ``main_process_only = True``)
+    are skipped; the others (EarlyStopping...) run on every rank, on the
+    reduced metrics, so every rank stops at the same epoch. The list (and
+    so the checkpoint's callback indices) stays the same on every rank."""
+
+    def call(self, hook, *args, last=False):
+        for cb in self.callbacks:
+            if bool(getattr(cb, "runs_last", False)) == last and not _main_only(cb):
+                getattr(cb, hook)(*args)
+
+
+def _main_only(cb) -> bool:
+    from .checkpoint import ModelCheckpoint
+    from .history import CSVLogger
+    return bool(getattr(cb, "main_process_only", isinstance(cb, (ModelCheckpoint, CSVLogger))))
+
+
 def _positive_int(name, value, allow_none=False):
     if value is None and allow_none:
         return None
@@ -26,9 +45,15 @@ class Trainer:
     """Couples a model, a loss and an optimizer.
 
     ``fit(batch_size=None)`` is full-batch gradient descent, ``batch_size=1``
-    online SGD, anything between mini-batch SGD."""
+    online SGD, anything between mini-batch SGD.
 
-    def __init__(self, model, loss: Loss, optimizer: Optimizer):
+    ``distributed``: a gpudl.distributed context (``gpudl.distributed.init()``)
+    for data-parallel training; None (the default) trains in this process
+    alone. With one, ``batch_size`` is per rank, each rank trains on its
+    shard of every epoch, gradients are averaged before each step, metrics
+    are summed over the ranks and only rank 0 writes files and bars."""
+
+    def __init__(self, model, loss: Loss, optimizer: Optimizer, distributed=None):
         if not isinstance(loss, Loss):
             raise TypeError(f"Trainer: loss must be a gpudl.losses.Loss, got {type(loss).__name__}")
         if not isinstance(optimizer, Optimizer):
@@ -36,6 +61,8 @@ class Trainer:
                             f"got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.loss.backend = model.backend
+        #: the data-parallel context, or None (see gpudl.distributed)
+        self.distributed = distributed
 
     # ---- input checks, all before any work
     def _prepare(self, x, y, what="x"):
@@ -87,7 +114,14 @@ class Trainer:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
             val = validation_data
             self._prepare(*val, what="validation_data x")  # fail now, not after epoch 1
-        self.callbacks = CallbackList(callbacks, self)
+        dist = self.distributed
+        # distributed, rank > 0: file-writing callbacks are skipped, no bars or lines
+        self.callbacks = (_RankCallbackList if dist is not None and not dist.is_main
+                          else CallbackList)(callbacks, self)
+        if dist is not None:
+            verbose = verbose and dist.is_main
+            # rank 0's weights on every rank, and one shuffling seed for all
+            seed = dist.prepare(self.model, seed)
         n = xd.shape[0]
         self.batch_size = n if batch_size is None else min(batch_size, n)
         self.epochs, self.shuffle, self.augment = epochs, shuffle, augment
@@ -128,6 +162,10 @@ class Trainer:
         self.callbacks.call("on_epoch_begin", epoch, {}, last=True)
         t0 = time.perf_counter()
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        dist = self.distributed
+        if dist is not None:  # hook (a): this rank's shard of the epoch's order
+            order = dist.shard(order)
+            n = len(order)
         total, correct, seen = 0.0, 0, 0
         # disable=None: a bar on a terminal, plain per-epoch lines in a log
         with tqdm(total=n, disable=None if verbose else True, unit="sample", leave=True,
@@ -136,7 +174,7 @@ class Trainer:
                 self.callbacks.call("on_batch_begin", batch, {})
                 self.callbacks.call("on_batch_begin", batch, {}, last=True)
                 idx = order[start:start + bs]
-                if bs == n and not self.shuffle:
+                if bs == n and not self.shuffle and dist is None:
                     xb, yb = xd, yd
                 else:
                     di = be.asarray(idx.astype(np.int64))
@@ -150,6 +188,8 @@ class Trainer:
                         f"the loss became {value} at epoch {epoch}, batch starting at sample "
                         f"{start}: lower the learning rate (now {self.optimizer.lr})")
                 self.model.backward(self.loss.backward(), need_input_grad=False)
+                if dist is not None:  # hook (b): the mean gradient over the ranks
+                    dist.average_gradients(self.model)
                 self.optimizer.step(self.model)
                 total += value * len(idx)
                 seen += len(idx)
@@ -162,6 +202,9 @@ class Trainer:
                 self.callbacks.call("on_batch_end", batch, blogs, last=True)
                 if self.stop_training:
                     break
+            if dist is not None:  # hook (c): the epoch's metrics over every rank
+                total, correct, seen = dist.reduce_metrics([total, correct, seen])
+                dist.end_epoch(self.model)  # same running statistics on every rank
             logs = {"loss": total / max(seen, 1)}
             if self.loss.has_accuracy:
                 logs["accuracy"] = correct / max(seen, 1)
