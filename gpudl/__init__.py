@@ -13,6 +13,7 @@ from .backend import get_backend, get_device, gpu_available, set_device
 from .errors import DeviceError, GpudlError, ModelFileError, ShapeError
 from .layers import manual_seed
 from .model import Sequential, load
+from .profile import profile
 from .train import Trainer
 
 __version__ = "0.1.0"

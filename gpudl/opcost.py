@@ -1,5 +1,6 @@
-"""The floating-point work and the fewest bytes moved of every backend op and kernel,
-from shapes alone: the two numbers a roofline needs (gpudl.profile reports them).
+"""The roofline model gpudl.profile reports: the floating-point work and the fewest
+bytes moved of every backend op and kernel, from shapes alone; and the rates they
+are compared with, each device's datasheet peak and its measured ceiling.
 
 Conventions (hand-countable; tests/test_profile.py counts them by hand):
 - FLOPs: an add, a multiply, a compare, an exp, a divide or a square root is one
@@ -19,8 +20,15 @@ per-element estimate elsewhere; those kernels are all memory-bound anyway.
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import statistics
+import sys
+import time
 from math import prod
 from typing import NamedTuple
+
+import numpy as np
 
 from .backend.base import Backend
 from .convshape import output_size
@@ -154,7 +162,6 @@ def _asarray(p):
     x, dtype = p["x"], p["dtype"]
     if not isinstance(x, A):
         return 0, 0
-    import numpy as np
     out = x.size * np.dtype(dtype).itemsize if dtype is not None else x.nbytes
     return 0, x.nbytes + out
 
@@ -167,7 +174,6 @@ def _take_rows(p):
 
 
 def _dropout_mask(p):
-    import numpy as np
     n = prod(p["shape"])
     return n, n * np.dtype(p["dtype"]).itemsize
 
@@ -289,3 +295,146 @@ def kernel_cost(name, args):
     if base == "max_pool2d_bwd":
         return arrays[0].size, moved
     return PER_ELEMENT.get(base, 1) * max(a.size for a in arrays), moved
+
+
+# ---- the other half of the roofline: device peaks and measured ceilings ----------
+#: device-name substring -> (label, FP32 non-tensor FLOP/s, memory bytes/s), datasheet
+#: (H200: /work/.library/device/H200.md). First match wins: PCIe and NVL before SXM.
+PEAKS = (("H200", "H200 SXM", 67e12, 4.8e12),
+         ("H100 PCIe", "H100 PCIe", 51e12, 2.0e12),
+         ("H100 NVL", "H100 NVL", 60e12, 3.9e12),
+         ("H100", "H100 SXM", 67e12, 3.35e12))
+
+
+def device_peak(name):
+    """(label, FLOP/s, bytes/s) of a known GPU by its name, else None."""
+    for key, label, flops, bw in PEAKS:
+        if key in name:
+            return label, flops, bw
+    return None
+
+
+def _cache_path():
+    folder = os.environ.get("GPUDL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "gpudl")
+    return os.path.join(folder, "ceilings.json")
+
+
+def _device_key(device_name):
+    if device_name.startswith("NumPy") or device_name == "CUDA simulator":
+        cpu = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next((ln.split(":", 1)[1].strip() for ln in f
+                            if ln.startswith("model name")), "")
+        except OSError:
+            pass
+        return f"{device_name} | {cpu or sys.platform} x{os.cpu_count()}"
+    return device_name
+
+
+def measure_ceilings(device_name, refresh=False):
+    """{"copy_gbps", "matmul_gflops", ...} of the device, measured once and cached."""
+    path, key = _cache_path(), _device_key(device_name)
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache and not refresh:
+        return cache[key]
+    gpu = not (device_name.startswith("NumPy") or device_name == "CUDA simulator")
+    result = _measure_gpu() if gpu else _measure_cpu()
+    result.update(device=device_name, date=time.strftime("%Y-%m-%d"))
+    cache[key] = result
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(cache, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: measure again next time
+    return result
+
+
+def _measure_cpu(reps=5):
+    """NumPy float32 matmul (768^3) and a 32 MiB copy: medians of reps, < 1 s."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((768, 768), dtype=np.float32) for _ in range(2))
+    src = rng.standard_normal(1 << 23, dtype=np.float32)
+    dst = np.empty_like(src)
+
+    def median(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    t_mm = median(lambda: np.matmul(a, b))
+    t_cp = median(lambda: np.copyto(dst, src))
+    return {"matmul_gflops": 2 * 768 ** 3 / t_mm / 1e9, "copy_gbps": 2 * src.nbytes / t_cp / 1e9,
+            "how": "NumPy float32 matmul 768^3; np.copyto of 32 MiB (read + write)"}
+
+
+def _measure_gpu(reps=10):
+    """cuBLAS float32 matmul (8192^3) and a 1 GiB device-to-device copy, timed with
+    CUDA events after a warm-up; medians of reps."""
+    import cupy
+    n = 8192
+    a, b = (cupy.random.standard_normal((n, n), dtype=cupy.float32) for _ in range(2))
+    src = cupy.random.standard_normal(1 << 28, dtype=cupy.float32)
+    dst = cupy.empty_like(src)
+
+    def median(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+            e0.record()
+            fn()
+            e1.record()
+            e1.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(e0, e1) / 1e3)
+        return statistics.median(times)
+    t_mm = median(lambda: cupy.matmul(a, b))
+    t_cp = median(lambda: dst.__setitem__(Ellipsis, src))
+    del a, b, src, dst
+    cupy.get_default_memory_pool().free_all_blocks()
+    return {"matmul_gflops": 2 * n ** 3 / t_mm / 1e9, "copy_gbps": 2 * (4 << 28) / t_cp / 1e9,
+            "how": "cupy.matmul float32 8192^3 (cuBLAS); 1 GiB device-to-device copy "
+                   "(read + write); CUDA events, median of 10"}
+
+
+_MEASURED = {}
+
+
+def rates(device_name, ceilings):
+    out = {"peak": device_peak(device_name)}
+    if ceilings:
+        if device_name not in _MEASURED:
+            _MEASURED[device_name] = measure_ceilings(device_name)
+        out["ceiling"] = _MEASURED[device_name]
+    return out
+
+
+def roofline(row, rates, name):
+    """bound, and the binding rate as % of the peak and of the measured ceiling."""
+    rates = rates or {}
+    peak, ceil = rates.get("peak"), rates.get("ceiling")
+    if row["device"] == "cuda" and name in ("asarray", "to_numpy"):
+        return {"bound": "transfer", "pct_peak": None, "pct_ceiling": None}
+    ref = (peak[1], peak[2]) if peak else \
+        (ceil["matmul_gflops"] * 1e9, ceil["copy_gbps"] * 1e9) if ceil else None
+    f, b = row["flops"], row["bytes"]
+    if ref is None:
+        bound = "compute" if f and (not b or f / b > 10) else "memory"
+    else:
+        bound = "compute" if f and (not b or f / b > ref[0] / ref[1]) else "memory"
+    rate, key, scale = (row["gflops"], 1, "matmul_gflops") if bound == "compute" else \
+        (row["gbps"], 2, "copy_gbps")
+    return {"bound": bound,
+            "pct_peak": 100 * rate * 1e9 / peak[key] if peak else None,
+            "pct_ceiling": 100 * rate / ceil[scale] if ceil and ceil[scale] else None}

@@ -227,8 +227,7 @@ def test_nested_profilers_and_nested_ops():
 
 
 def test_ceilings_are_measured_once_and_cached(tmp_path, monkeypatch):
-    import sys
-    mod = sys.modules["gpudl.profile"]  # the module (gpudl.profile is the class)
+    from gpudl import opcost as mod
     name = CPUBackend().device_name()
     first = measure_ceilings(name)
     assert first["matmul_gflops"] > 0 and first["copy_gbps"] > 0
@@ -255,3 +254,62 @@ def test_cli_profile(tmp_path, capsys):
     assert "gpudl profile: cnn" in out and "conv2d" in out and "sgd_update" in out
     events = json.loads(trace.read_text())["traceEvents"]
     assert sum(e["name"] == "conv2d" and e["ph"] == "X" for e in events) == 2 * 2
+
+
+def test_cuda_event_path_with_a_stand_in_cupy(monkeypatch):
+    """The GPU timer, without a GPU: a stand-in for cupy's Event and get_elapsed_time.
+    Two events per op and per launch, recorded on the current stream; none waited
+    on until the results are read."""
+    import sys
+    import time
+    import types
+
+    log = []
+
+    class Event:
+        def __init__(self, block=False, disable_timing=False, interprocess=False):
+            self.t = None
+
+        def record(self, stream=None):
+            log.append("record")
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            log.append("sync")
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+    class StandIn(CPUBackend):
+        name, _cp = "cuda", cupy
+
+        def device_name(self):
+            return "NVIDIA H100 80GB HBM3"
+
+        def launch(self, kernel, grid, block, *args):
+            kernel(*args)
+
+        def relu(self, x):
+            def relu_kernel(x, out):
+                np.maximum(x, 0, out=out)
+            out = np.empty_like(x)
+            self.launch(relu_kernel, 1, 1, x, out)
+            return out
+
+    be = StandIn()
+    with profile(be, all_backends=False) as prof:
+        be.relu(np.ones(1000, np.float32))
+        be.matmul(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32))
+    assert "sync" not in log and log.count("record") == 1 + 2 * 3  # reference + 3 records
+    assert [(r.name, r.kind, r.parent, r.timer) for r in prof.records] == [
+        ("relu", "op", None, "cuda-event"), ("relu_kernel", "kernel", "relu", "cuda-event"),
+        ("matmul", "op", None, "cuda-event")]
+    relu, kernel, _ = prof.records
+    assert relu.launches == 1 and 0 < kernel.duration_s <= relu.duration_s
+    assert 0 <= relu.start_s <= kernel.start_s
+    assert kernel.bytes == 2 * 1000 * 4
+    text = prof.format_table(ceilings=False)
+    assert "H100 SXM" in text and "relu_kernel < relu" in text
+    _pristine(be)
