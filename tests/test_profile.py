@@ -16,6 +16,7 @@ from gpudl.profile import OPS, measure_ceilings, profile
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUDL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backends, "_current", backends._current)  # set_device undone after
 
 
 def tiny_trainer():

@@ -49,7 +49,9 @@ def test_ops_and_kernel_launches(be, tmp_path):
         assert name not in be.__dict__
 
 
-def test_training_step_on_the_cuda_backend():
+def test_training_step_on_the_cuda_backend(monkeypatch):
+    from gpudl import backend as backends
+    monkeypatch.setattr(backends, "_current", backends._current)  # set_device undone after
     gpudl.set_device("cuda")
     gpudl.manual_seed(0)
     model = gpudl.Sequential([Dense(4, 3), ReLU(), Dense(3, 2)])
