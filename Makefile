@@ -43,8 +43,9 @@ wheel-check: $(STAMP)
 	cd / && $(CURDIR)/$(VENV)-wheel/bin/python -c "import gpudl, gpudl.kernels, gpudl.kernels.matmul, gpudl.demos.perceptron; print('wheel ok:', gpudl.__file__)"
 	$(VENV)-wheel/bin/gpudl info --device cpu
 
+# The benchmark suite on the current device (ARGS="--groups gemm memory", "--quick", ...).
 bench: $(STAMP)
-	$(PY) -m benchmarks.dense_step
+	$(PY) -m benchmarks $(ARGS)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh

@@ -76,9 +76,12 @@ def gpu_name() -> str:
 
 
 def record(title: str, device: str, header: list, rows: list, notes: str = "",
-           json_path: str | None = None) -> str:
+           json_path: str | None = None, write: bool | None = None) -> str:
     """Print a table, append it with device, versions, commit and date to RESULTS.md,
-    and optionally write the rows as JSON."""
+    and optionally write the rows as JSON.
+
+    ``write`` False never appends to RESULTS.md; None (the default) appends
+    unless GPUDL_BENCH_NO_RECORD=1. GPUDL_RESULTS_MD names another file."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
     table = "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -88,7 +91,9 @@ def record(title: str, device: str, header: list, rows: list, notes: str = "",
     entry = (f"\n## {title}\n\n{stamp}, commit {commit()}, device: {device}\n\n"
              f"Versions: {vers}\n\n{table}\n" + (f"\n{notes}\n" if notes else ""))
     print(entry)
-    if os.environ.get("GPUDL_BENCH_NO_RECORD") != "1":
+    if write is None:
+        write = os.environ.get("GPUDL_BENCH_NO_RECORD") != "1"
+    if write:
         with open(os.environ.get("GPUDL_RESULTS_MD", RESULTS_MD), "a") as f:
             f.write(entry)
     if json_path:

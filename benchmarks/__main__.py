@@ -1,0 +1,6 @@
+"""python -m benchmarks: the benchmark suite (see benchmarks/run.py)."""
+import sys
+
+from .run import main
+
+sys.exit(main())
