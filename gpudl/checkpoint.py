@@ -10,16 +10,14 @@ that was never interrupted, bit for bit.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 
 import numpy as np
 
 from .callbacks import Callback
 from .errors import ModelFileError
-from .model import atomic_write
+from .model import atomic_write, read_archive
 
 FORMAT = "gpudl-checkpoint"
 FORMAT_VERSION = 1
@@ -52,24 +50,7 @@ def save_checkpoint(path, trainer) -> None:
 
 def read_checkpoint(path) -> tuple[dict, dict]:
     """(metadata, arrays) of a checkpoint file, or a CheckpointError saying what is wrong."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path!r}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path!r} is not a readable gpudl checkpoint "
-                              f"(truncated or corrupt?): {e}") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path!r} is not a gpudl checkpoint (format {meta.get('format')!r})")
-    if meta.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path!r} has checkpoint version {meta['version']}; "
-                              f"this gpudl reads up to {FORMAT_VERSION}")
-    return meta, arrays
+    return read_archive(path, "__meta__", FORMAT, FORMAT_VERSION, "checkpoint", CheckpointError)
 
 
 def restore(trainer, path) -> dict:

@@ -357,26 +357,35 @@ def atomic_write(path, write) -> None:
         raise
 
 
-def load(path, device=None) -> Sequential:
-    """Rebuild a model saved with Sequential.save, on ``device`` ("cpu", "cuda")
-    or, by default, the current device. The current device is left as it is."""
+def read_archive(path, meta_key, fmt, version, what, error):
+    """(metadata, arrays) of an .npz written by gpudl (a model file or a
+    checkpoint), read whole first; anything missing, truncated, corrupt, of
+    another format or of a newer version raises ``error`` saying which."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ModelFileError(f"no model file at {path!r}")
+        raise error(f"no {what} at {path!r}")
     try:
         with open(path, "rb") as f:
             data = f.read()
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        config = json.loads(arrays.pop("__config__").tobytes().decode())
+        meta = json.loads(arrays.pop(meta_key).tobytes().decode())
     except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{path!r} is not a readable gpudl model file "
-                             f"(truncated or corrupt?): {e}") from e
-    if config.get("format") != FORMAT:
-        raise ModelFileError(f"{path!r} is not a gpudl model file (format {config.get('format')!r})")
-    if config.get("version", 0) > FORMAT_VERSION:
-        raise ModelFileError(f"{path!r} has model format version {config['version']}; "
-                             f"this gpudl reads up to {FORMAT_VERSION}")
+        raise error(f"{path!r} is not a readable gpudl {what} (truncated or corrupt?): {e}") from e
+    if meta.get("format") != fmt:
+        raise error(f"{path!r} is not a gpudl {what} (format {meta.get('format')!r})")
+    if meta.get("version", 0) > version:
+        raise error(f"{path!r} has {what} format version {meta['version']}; "
+                    f"this gpudl reads up to {version}")
+    return meta, arrays
+
+
+def load(path, device=None) -> Sequential:
+    """Rebuild a model saved with Sequential.save, on ``device`` ("cpu", "cuda")
+    or, by default, the current device. The current device is left as it is."""
+    path = os.fspath(path)
+    config, arrays = read_archive(path, "__config__", FORMAT, FORMAT_VERSION, "model file",
+                                  ModelFileError)
     layers = []
     for i, spec in enumerate(config["layers"]):
         try:
