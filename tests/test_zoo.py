@@ -90,12 +90,19 @@ def test_cli_names_the_missing_data_files(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_lenet_reaches_97_percent_on_digits():
-    """The issue's bar: LeNet-5 on the digits (upscaled to 32x32), CPU."""
+    """The issue's bar: LeNet-5 on the digits (upscaled to 32x32), CPU. With
+    seeded 2-pixel shifts, weight decay and a cosine schedule it reached
+    98.1%, 99.7% and 98.9% on the splits of seeds 0-2 (plain SGD for 15
+    epochs: 97.5% on seed 0, too close to the bar to test)."""
+    from gpudl.augment import Augment
     from gpudl.data import load_digits
+    from gpudl.schedules import CosineDecay, epochs_to_steps, steps_per_epoch
     gpudl.manual_seed(0)
     (x, y), (xt, yt) = load_digits(flatten=False, upscale=4, seed=0)
     model = zoo.lenet((1, 32, 32), 10)
+    lr = CosineDecay(0.03, epochs_to_steps(25, steps_per_epoch(len(x), 32)))
     trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(),
-                            gpudl.optim.SGD(0.02, momentum=0.9))
-    trainer.fit(x, y, epochs=15, batch_size=32, seed=0, verbose=False)
+                            gpudl.optim.SGD(lr, momentum=0.9, weight_decay=5e-4))
+    trainer.fit(x, y, epochs=25, batch_size=32, seed=0, verbose=False,
+                augment=Augment(shift=2, seed=0))
     assert trainer.evaluate(xt, yt)["accuracy"] >= 0.97
