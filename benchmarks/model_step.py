@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import numpy as np
 
-from .common import cpu_name, gpu_name, record, time_cuda
+from .common import cpu_name, gpu_name, record, time_cpu, time_cuda
 from .torch_twin import twin
 
 #: name -> (zoo builder name, per-sample input shape)
@@ -106,21 +105,6 @@ def torch_step_fn(torch, net, dev, x, y):
         return loss
     step.net = net
     return step
-
-
-def time_interleaved(fa, fb, warmup, repeat):
-    """Median host times of fa() and fb(), their runs alternating, so that a
-    load that comes and goes on a shared machine hits both alike."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta, tb = [], []
-    for _ in range(repeat):
-        for f, samples in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            f()
-            samples.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def _rel(a, b):
@@ -298,11 +282,12 @@ def main(argv=None):
         tstep = torch_step_fn(torch, net, tdev, x, y)
         loss_rel, worst, flips = check(torch, model, pairs, gstep, tstep, x, y, name)
         t_check = time.perf_counter() - t0
-        if on_gpu:  # CUDA events around each step, one after the other as dense_step
-            t_gpudl = time_cuda(gstep, warmup=warmup, repeat=repeat)
-            t_torch = time_cuda(tstep, warmup=warmup, repeat=repeat)
-        else:
-            t_gpudl, t_torch = time_interleaved(gstep, tstep, warmup, repeat)
+        # one after the other, as dense_step: alternating single steps on a CPU
+        # was tried and slowed PyTorch 2-10x (OpenBLAS threads still spinning
+        # after gpudl's products take the cores its OpenMP threads need)
+        timer = time_cuda if on_gpu else time_cpu
+        t_gpudl = timer(gstep, warmup=warmup, repeat=repeat)
+        t_torch = timer(tstep, warmup=warmup, repeat=repeat)
         print(f"{name}: check {t_check:.1f} s, gpudl {t_gpudl * 1e3:.2f} ms, "
               f"PyTorch {t_torch * 1e3:.2f} ms", flush=True)
         has_bn = any(kind == "buffer" for *_, kind, _t in pairs)
@@ -326,7 +311,7 @@ def main(argv=None):
     record(f"Training step of zoo models (SGD momentum), float32, {args.device}, vs {base}",
            where, header, rows, json_path=args.json,
            notes=f"Median of {repeat} steps after {warmup} warm-up steps"
-                 + (" (CUDA events). " if on_gpu else ", gpudl's and PyTorch's alternating. ")
+                 + (" (CUDA events)" if on_gpu else "") + ", gpudl's then PyTorch's. "
                  + "torch/gpudl = PyTorch "
                  "time / gpudl time (above 1: gpudl faster). One step = forward in training "
                  "mode, softmax cross-entropy, backward, SGD update (lr "
