@@ -546,17 +546,23 @@ def train_cases(ctx):
             gstep = ms.gpudl_step_fn(m, x, y)
             tstep = ms.torch_step_fn(torch, net, tdev, x, y)
 
+            case_ref = []
+
             def check():  # raises AssertionError past model_step's tolerances
-                _, worst = ms.check(torch, m, pairs, gstep, tstep, x, y, name,
-                                    verbose=False)
+                _, worst, (g_flips, _) = ms.check(torch, m, pairs, gstep, tstep, x, y, name,
+                                                  verbose=False)
+                # a ReLU input that float32 puts on the other side of 0 moves
+                # every gradient below it: model_step's looser bound applies then
+                case_ref[0].tol = ms.KINK_GRAD_TOL if g_flips else ms.GRAD_TOL
                 return worst["g_64"]  # gradient error against float64
             bases = []
             if ctx.tdev is not None:
                 bases.append(Baseline(ctx.torch_name() + " (TF32 off)", tstep, short="torch",
                                       prepare=ctx.torch_strict))
             label = name if size == 32 else f"{name} ({size}x{size})"
-            return Case(f"{label} step batch {mbatch} ({m.num_params():,} params)",
-                        [Impl("gpudl", gstep, check)], bases, tol=ms.GRAD_TOL)
+            case_ref.append(Case(f"{label} step batch {mbatch} ({m.num_params():,} params)",
+                                 [Impl("gpudl", gstep, check)], bases, tol=ms.GRAD_TOL))
+            return case_ref[0]
         yield f"{name} step", model
 
 
