@@ -14,6 +14,24 @@ from .common import gpu_name, record, time_cuda
 from .conv import LAYERS
 
 
+def sweep_problem(be, kw, n, c, h, w):
+    """One stride-1 convolution layer's inputs on ``be`` and its three CPU
+    reference results: geo, hw, kk, xd, wd, dyd, flops, refs (fwd, dx, dw)."""
+    from gpudl.backend.cpu import CPUBackend
+    cpu = CPUBackend()
+    o, k, pad = kw["out_channels"], kw["kernel_size"], kw.get("padding", 0)
+    geo = ((1, 1), (pad,) * 4, (1, 1))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((o, c, k, k), dtype=np.float32) * 0.1
+    y_ref = cpu.conv2d(x, wt, *geo)
+    dy = rng.standard_normal(y_ref.shape, dtype=np.float32)
+    return {"geo": geo, "hw": (h, w), "kk": (k, k), "xd": be.asarray(x), "wd": be.asarray(wt),
+            "dyd": be.asarray(dy), "flops": 2.0 * y_ref.size * c * k * k,
+            "refs": {"fwd": y_ref, "dx": cpu.conv2d_backward_input(dy, wt, (h, w), *geo),
+                     "dw": cpu.conv2d_backward_weight(dy, x, (k, k), *geo)}}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeat", type=int, default=5)
@@ -23,25 +41,15 @@ def main(argv=None):
 
     import gpudl
     from gpudl.backend import cuda_conv
-    from gpudl.backend.cpu import CPUBackend
     from gpudl.kernels import conv as ck
-    be, cpu = gpudl.set_device("cuda"), CPUBackend()
+    be = gpudl.set_device("cuda")
     rows = []
     for name, (kw, kind, n, c, h, w) in LAYERS.items():
         if kind != "conv":
             continue
-        n = args.batch or n
-        o, k, pad = kw["out_channels"], kw["kernel_size"], kw.get("padding", 0)
-        geo = ((1, 1), (pad,) * 4, (1, 1))
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-        wt = rng.standard_normal((o, c, k, k), dtype=np.float32) * 0.1
-        y_ref = cpu.conv2d(x, wt, *geo)
-        dy = rng.standard_normal(y_ref.shape, dtype=np.float32)
-        refs = (y_ref, cpu.conv2d_backward_input(dy, wt, (h, w), *geo),
-                cpu.conv2d_backward_weight(dy, x, (k, k), *geo))
-        xd, wd, dyd = be.asarray(x), be.asarray(wt), be.asarray(dy)
-        flops = 2.0 * y_ref.size * c * k * k
+        s = sweep_problem(be, kw, args.batch or n, c, h, w)
+        xd, wd, dyd, geo, flops = s["xd"], s["wd"], s["dyd"], s["geo"], s["flops"]
+        (k, _), refs = s["kk"], (s["refs"]["fwd"], s["refs"]["dx"], s["refs"]["dw"])
         for version in ck.VERSIONS:
             ops = (lambda: cuda_conv.conv2d(be, xd, wd, *geo, version=version),
                    lambda: cuda_conv.conv2d_backward_input(be, dyd, wd, (h, w), *geo,

@@ -356,20 +356,8 @@ def conv_sweep_cases(ctx, names):
         def setup(kw=kw, n=n, c=c, h=h, w=w, state=state):
             if state:
                 return state
-            from gpudl.backend.cpu import CPUBackend
-            cpu, be = CPUBackend(), ctx.be
-            o, k, pad = kw["out_channels"], kw["kernel_size"], kw.get("padding", 0)
-            geo = ((1, 1), (pad,) * 4, (1, 1))
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-            wt = rng.standard_normal((o, c, k, k), dtype=np.float32) * 0.1
-            y_ref = cpu.conv2d(x, wt, *geo)
-            dy = rng.standard_normal(y_ref.shape, dtype=np.float32)
-            state.update(geo=geo, hw=(h, w), kk=(k, k), xd=be.asarray(x), wd=be.asarray(wt),
-                         dyd=be.asarray(dy), flops=2.0 * y_ref.size * c * k * k,
-                         refs={"fwd": y_ref,
-                               "dx": cpu.conv2d_backward_input(dy, wt, (h, w), *geo),
-                               "dw": cpu.conv2d_backward_weight(dy, x, (k, k), *geo)})
+            from .conv_versions import sweep_problem
+            state.update(sweep_problem(ctx.be, kw, n, c, h, w))
             return state
 
         def build(op, setup=setup, name=name, n=n):

@@ -55,13 +55,20 @@ class CallbackList:
     def __iter__(self):
         return iter(self.callbacks)
 
-    def call(self, hook: str, *args, last=False) -> None:
-        """Run ``hook`` on the callbacks whose ``runs_last`` equals ``last``:
-        the Trainer runs the others' on_epoch_end, records the epoch, then
-        runs the last ones (checkpoints), which so see the finished epoch."""
-        for cb in self.callbacks:
-            if bool(getattr(cb, "runs_last", False)) == last:
-                getattr(cb, hook)(*args)
+    def call(self, hook: str, *args, between=None) -> None:
+        """Run ``hook`` on every callback, those with ``runs_last`` after the
+        others; ``between`` runs in the gap (the Trainer records the epoch
+        there, so checkpoints see the finished epoch and any keys the other
+        callbacks added to the logs)."""
+        for last in (False, True):
+            for cb in self.callbacks:
+                if bool(getattr(cb, "runs_last", False)) == last and self._runs(cb):
+                    getattr(cb, hook)(*args)
+            if not last and between is not None:
+                between()
+
+    def _runs(self, cb) -> bool:
+        return True
 
 
 class LambdaCallback(Callback):

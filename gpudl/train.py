@@ -20,10 +20,8 @@ class _RankCallbackList(CallbackList):
     reduced metrics, so every rank stops at the same epoch. The list (and
     so the checkpoint's callback indices) stays the same on every rank."""
 
-    def call(self, hook, *args, last=False):
-        for cb in self.callbacks:
-            if bool(getattr(cb, "runs_last", False)) == last and not _main_only(cb):
-                getattr(cb, hook)(*args)
+    def _runs(self, cb):
+        return not _main_only(cb)
 
 
 def _main_only(cb) -> bool:
@@ -137,14 +135,12 @@ class Trainer:
             self.model.train()
         try:
             self.callbacks.call("on_train_begin", {})
-            self.callbacks.call("on_train_begin", {}, last=True)
             if resume_from is not None:
                 from .checkpoint import restore
                 restore(self, resume_from)
             while self.epoch < epochs and not self.stop_training:
                 self._run_epoch(xd, yd, y_host, val, verbose)
             self.callbacks.call("on_train_end", {"epochs": self.epoch})
-            self.callbacks.call("on_train_end", {"epochs": self.epoch}, last=True)
         finally:
             if hasattr(self.model, "train"):
                 self.model.train(was_training)
@@ -159,7 +155,6 @@ class Trainer:
         n, bs, be = xd.shape[0], self.batch_size, self.model.backend
         epoch = self.epoch + 1
         self.callbacks.call("on_epoch_begin", epoch, {})
-        self.callbacks.call("on_epoch_begin", epoch, {}, last=True)
         t0 = time.perf_counter()
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         dist = self.distributed
@@ -172,7 +167,6 @@ class Trainer:
                   desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar:
             for batch, start in enumerate(range(0, n, bs)):
                 self.callbacks.call("on_batch_begin", batch, {})
-                self.callbacks.call("on_batch_begin", batch, {}, last=True)
                 idx = order[start:start + bs]
                 if bs == n and not self.shuffle and dist is None:
                     xb, yb = xd, yd
@@ -199,7 +193,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{value:.4f}")
                 blogs = {"loss": value, "size": len(idx)}
                 self.callbacks.call("on_batch_end", batch, blogs)
-                self.callbacks.call("on_batch_end", batch, blogs, last=True)
                 if self.stop_training:
                     break
             if dist is not None:  # hook (c): the epoch's metrics over every rank
@@ -213,10 +206,11 @@ class Trainer:
             logs["time"] = time.perf_counter() - t0
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
         self.epoch = epoch
-        self.callbacks.call("on_epoch_end", epoch, logs)
-        for k, v in logs.items():
-            self.history.setdefault(k, []).append(v)
-        self.callbacks.call("on_epoch_end", epoch, logs, last=True)
+
+        def record():
+            for k, v in logs.items():
+                self.history.setdefault(k, []).append(v)
+        self.callbacks.call("on_epoch_end", epoch, logs, between=record)
         if verbose and bar.disable:
             print(f"epoch {epoch}/{self.epochs}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in logs.items()
