@@ -97,6 +97,9 @@ class Augment:
     """``Augment(shift=0, flip=False, rotate=0.0, seed=None, fill=0.0)``; call as
     ``aug(x, step)`` with x a backend array (N, C, H, W) of floats: returns a new,
     augmented array of the same shape and dtype (see the module docstring).
+    ``step`` is an int, or a function returning it when the batch's
+    parameters are drawn (the Trainer passes one, so a captured step draws
+    the parameters of each replay's step).
 
     ``seed=None`` draws one from gpudl's init generator, so gpudl.manual_seed
     fixes it. ``backend`` is the backend x lives on (default: the current one
@@ -129,12 +132,20 @@ class Augment:
         if len(shape) != 4:
             raise ShapeError(f"Augment: x must be a batch of images (N, C, H, W), got an array "
                              f"of shape {shape} ({len(shape)}-D)")
-        step = _check_int("step", step, 0, 2**64 - 1)
+        if not callable(step):
+            step = _check_int("step", step, 0, 2**64 - 1)
         n, _, h, w = shape
-        theta = affine_theta(h, w, *self.params(n, step))
+        dtype = getattr(x, "dtype", np.float32)
+
+        def theta():  # a step input: a captured step draws again before each replay
+            k = _check_int("step", step(), 0, 2**64 - 1) if callable(step) else step
+            return affine_theta(h, w, *self.params(n, k)).astype(dtype)
         be = self.backend if self.backend is not None else get_backend()
+        if np.dtype(dtype).kind != "f":
+            return be.augment_affine(x, theta(), self.fill, nearest=self.rotate == 0.0)
         # without rotation theta is integer: nearest sampling copies pixels exactly
-        return be.augment_affine(x, theta, self.fill, nearest=self.rotate == 0.0)
+        return be.augment_affine_device(x, be.step_input(theta), self.fill,
+                                        nearest=self.rotate == 0.0)
 
     def get_config(self):
         return {"shift": self.shift, "flip": self.flip, "rotate": self.rotate,

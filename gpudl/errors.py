@@ -23,3 +23,8 @@ class DataError(GpudlError, OSError):
 
 class DataNotFoundError(DataError, FileNotFoundError):
     """A data set file is missing; the message names it and where to get it."""
+
+
+class CaptureError(GpudlError, RuntimeError):
+    """An op that needs the host (a read back, a synchronize, a host-to-device
+    copy) was attempted while a training step was being captured as a graph."""

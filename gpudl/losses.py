@@ -24,6 +24,24 @@ class Loss:
         value, self._grad = self._compute(self.backend or get_backend(), pred, target)
         return value
 
+    def accumulate(self, pred, target, metrics):
+        """The loss of a batch without reading it back: keeps the gradient for
+        backward(), adds the batch's loss sum (mean times batch size) to
+        metrics[0], its number of correct answers to metrics[1] (when
+        has_accuracy), and writes the loss sum to metrics[2]. ``metrics`` is a
+        float64 array of the backend; the Trainer reads it a few times an
+        epoch, not after every batch."""
+        self._check(pred, target)
+        be = self.backend or get_backend()
+        items, self._grad = self._compute(be, pred, target, reduce=False)
+        n = pred.shape[0]
+        be.metric_add(metrics, 0, items, n / max(int(items.shape[0]), 1), last=2)
+        if self.has_accuracy:
+            be.metric_add(metrics, 1, self._correct_flags(be, pred, target))
+
+    def _correct_flags(self, be, pred, target):
+        raise NotImplementedError
+
     def backward(self):
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss")
@@ -48,7 +66,7 @@ class Loss:
             raise ShapeError(f"{type(self).__name__}: prediction shape {tuple(pred.shape)} "
                              f"and target shape {tuple(target.shape)} differ")
 
-    def _compute(self, be, pred, target):
+    def _compute(self, be, pred, target, reduce=True):
         raise NotImplementedError
 
     def __repr__(self):
@@ -58,8 +76,8 @@ class Loss:
 class MSE(Loss):
     """Mean squared error over all elements."""
 
-    def _compute(self, be, pred, target):
-        return be.mse(pred, target)
+    def _compute(self, be, pred, target, reduce=True):
+        return be.mse(pred, target, reduce=reduce)
 
 
 class BinaryCrossEntropy(Loss):
@@ -74,8 +92,8 @@ class BinaryCrossEntropy(Loss):
         super().__init__()
         self.from_logits = from_logits
 
-    def _compute(self, be, pred, target):
-        return be.binary_cross_entropy(pred, target, from_logits=self.from_logits)
+    def _compute(self, be, pred, target, reduce=True):
+        return be.binary_cross_entropy(pred, target, from_logits=self.from_logits, reduce=reduce)
 
     def check_targets(self, y, out_shape):
         super().check_targets(y, out_shape)
@@ -86,6 +104,9 @@ class BinaryCrossEntropy(Loss):
     def correct(self, pred_host, y_host):
         threshold = 0.0 if self.from_logits else 0.5
         return int(np.sum((pred_host >= threshold) == (y_host >= 0.5)))
+
+    def _correct_flags(self, be, pred, target):
+        return be.correct_flags(pred, target, "threshold", 0.0 if self.from_logits else 0.5)
 
     def __repr__(self):
         return f"BinaryCrossEntropy(from_logits={self.from_logits})"
@@ -103,8 +124,11 @@ class CrossEntropy(Loss):
         if target.dtype.kind not in "iu":
             raise TypeError(f"CrossEntropy: labels must be integers, got dtype {target.dtype}")
 
-    def _compute(self, be, pred, target):
-        return be.softmax_cross_entropy(pred, target)
+    def _compute(self, be, pred, target, reduce=True):
+        return be.softmax_cross_entropy(pred, target, reduce=reduce)
+
+    def _correct_flags(self, be, pred, target):
+        return be.correct_flags(pred, target, "argmax")
 
     def target_dtype(self, model_dtype):
         return np.int64

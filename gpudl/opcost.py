@@ -184,6 +184,11 @@ def _augment_affine(p):
     return per_out * x.size, (2 * x.size + 6 * x.shape[0]) * x.itemsize
 
 
+def _take_rows_at(p):
+    x, m = p["x"], int(p["count"])
+    return 0, 2 * m * prod(x.shape[1:]) * x.itemsize + m * INDEX
+
+
 OPS = {
     "asarray": _asarray,
     "to_numpy": lambda p: (0, 2 * _nbytes(p["x"])),
@@ -207,6 +212,8 @@ OPS = {
     # xhat (2), dbeta (1), dgamma (2), dx (4); reads mean, invstd, gamma, writes dgamma, dbeta
     "batchnorm_backward": _channels(9, 3, 5, "x"),
     "dropout_mask": _dropout_mask,
+    "dropout_mask_keyed": _dropout_mask,
+    "augment_affine_device": _augment_affine,
     "multiply": _per_element(1, 2, 1, "a"),
     "augment_affine": _augment_affine,
     "relu": _per_element(1, 1, 1, "x"),
@@ -232,6 +239,13 @@ OPS = {
     "concat_channels": lambda p: (0, 2 * sum(a.nbytes for a in p["xs"])),
     "split_channels": lambda p: (0, 2 * p["g"].nbytes),
     "take_rows": _take_rows,
+    "take_rows_at": _take_rows_at,
+    # a two-pass sum of the values, then one float64 add
+    "metric_add": lambda p: (p["values"].size, p["values"].nbytes + 16),
+    # an argmax per row or a compare per element, one float64 flag out each
+    "correct_flags": lambda p: (p["pred"].size, p["pred"].nbytes + p["target"].nbytes
+                                + 8 * (p["pred"].shape[0] if p["kind"] == "argmax"
+                                       else p["pred"].size)),
     "argmax_rows": lambda p: (p["x"].size, p["x"].nbytes + p["x"].shape[0] * INDEX),
 }
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from . import schedules
 from .backend import get_backend
+from .backend import hyper as hp
 
 
 def _check_rate(owner, name, value, low=0.0, low_open=True, high=None):
@@ -85,7 +86,7 @@ class Optimizer:
         self.decay_all = bool(decay_all)
         self.state: dict = {}
         self.iterations = 0
-        self.last_grad_norm = None
+        self._grad_norm = None
 
     # ---- the learning rate
     @property
@@ -107,7 +108,14 @@ class Optimizer:
 
     # ---- one step
     def step(self, model) -> None:
-        lr = self.lr
+        """One update of every trainable param that has a grad.
+
+        The host's share of the step (the learning rate, the step counts,
+        every kernel's row of scalars: gpudl/backend/hyper.py) is one
+        producer handed to Backend.step_input, so the rows reach the device
+        in one copy and a captured step replays with fresh values; the
+        launches read them from there. Clipping's factor is formed on the
+        device (Backend.clip_scales): no host read."""
         entries = []
         for i, layer in enumerate(model.layers):
             if not layer.trainable:
@@ -116,20 +124,56 @@ class Optimizer:
                 grad = layer.grads.get(name)
                 if grad is not None:
                     entries.append((f"{i}.{name}", layer, name, param, grad))
-        scale = 1.0
+        if not entries:
+            self.lr  # noqa: B018 -- a bad schedule value is an error even with nothing to update
+            self.iterations += 1
+            return
+        be = model.backend
+        regs = [self._regularization(layer, name) for _, layer, name, _, _ in entries]
+        for key, layer, _, param, _ in entries:
+            if key not in self.state:
+                self.state[key] = self._new_state(layer.backend, param)
+        # one row array per parameter dtype; where[j] = (its array, its row)
+        dtypes, where, counts = [], [], {}
+        for e in entries:
+            dt = np.dtype(e[3].dtype)
+            if dt not in counts:
+                dtypes.append(dt)
+                counts[dt] = 0
+            where.append((dtypes.index(dt), counts[dt]))
+            counts[dt] += 1
+        host = {}
+
+        def produce():
+            lr = self.lr
+            rows = [[] for _ in dtypes]
+            for (key, _, _, _, _), (wd, l1), (g, _) in zip(entries, regs, where):
+                rows[g].append(self._hyper(self.state[key], lr, wd, l1))
+            self.iterations += 1
+            host["lr"] = lr
+            return tuple(np.array(r, dtype=dt) for r, dt in zip(rows, dtypes))
+
+        scales = {dt: 1.0 for dt in dtypes}
         if self.clip_norm is not None:
-            self.last_grad_norm = self.global_norm([e[4] for e in entries],
-                                                   [e[1].backend for e in entries])
-            coef = self.clip_norm / (self.last_grad_norm + 1e-6)
-            if coef < 1.0:
-                scale = coef
-        for key, layer, name, param, grad in entries:
-            wd, l1 = self._regularization(layer, name)
-            slots = self.state.get(key)
-            if slots is None:
-                slots = self.state[key] = self._new_state(layer.backend, param)
-            self._update(layer.backend, param, grad, slots, lr, wd, l1, scale)
-        self.iterations += 1
+            self._grad_norm, scales = be.clip_scales([e[4] for e in entries], self.clip_norm)
+        rows = be.step_input(produce)
+        for (key, layer, name, param, grad), (wd, l1), (g, r) in zip(entries, regs, where):
+            self._update(layer.backend, param, grad, self.state[key], host["lr"], wd, l1,
+                         scales[np.dtype(param.dtype)], rows[g][r])
+
+    @property
+    def last_grad_norm(self):
+        """The global gradient norm before clipping at the last step (None
+        without clip_norm). On a GPU it is read back from the device here, on
+        demand, not during the step."""
+        norm = getattr(self, "_grad_norm", None)
+        if norm is None or isinstance(norm, (int, float)):
+            return norm
+        return float(_host(norm)[0])
+
+    @last_grad_norm.setter
+    def last_grad_norm(self, value):
+        self._grad_norm = value
 
     @staticmethod
     def global_norm(grads, backends) -> float:
@@ -139,6 +183,11 @@ class Optimizer:
         for g, be in zip(grads, backends):
             groups.setdefault(id(be), (be, []))[1].append(g)
         return math.sqrt(sum(be.sum_squares(gs) for be, gs in groups.values()))
+
+    def _hyper(self, slots, lr, weight_decay, l1) -> list:
+        """This param's kernel row for the step (hyper.py); advances its own
+        counters (Adam's step)."""
+        raise NotImplementedError
 
     def _regularization(self, layer, name):
         """(weight_decay, l1) for param ``name`` of ``layer``: 0 for no-decay
@@ -160,7 +209,7 @@ class Optimizer:
         """The state slots of a new parameter (zeros shaped like it)."""
         return {}
 
-    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale):
+    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale, hyper):
         raise NotImplementedError
 
     # ---- configuration and state
@@ -239,9 +288,12 @@ class SGD(Optimizer):
     def _new_state(self, be, param):
         return {"velocity": be.zeros(param.shape, param.dtype)} if self.momentum else {}
 
-    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale):
+    def _hyper(self, slots, lr, weight_decay, l1):
+        return hp.sgd(lr, self.momentum, weight_decay, l1)
+
+    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale, hyper):
         be.sgd_update(param, grad, slots.get("velocity"), lr, self.momentum, self.nesterov,
-                      weight_decay, l1, scale)
+                      weight_decay, l1, scale, hyper=hyper)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -274,10 +326,15 @@ class Adam(Optimizer):
         return {"m": be.zeros(param.shape, param.dtype), "v": be.zeros(param.shape, param.dtype),
                 "step": 0}
 
-    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale):
+    def _hyper(self, slots, lr, weight_decay, l1):
         slots["step"] += 1
+        return hp.adam(lr, self.betas[0], self.betas[1], self.eps, slots["step"], weight_decay,
+                       self.decoupled, l1)
+
+    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale, hyper):
         be.adam_update(param, grad, slots["m"], slots["v"], lr, self.betas[0], self.betas[1],
-                       self.eps, slots["step"], weight_decay, self.decoupled, l1, scale)
+                       self.eps, slots["step"], weight_decay, self.decoupled, l1, scale,
+                       hyper=hyper)
 
     def get_config(self):
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps,
@@ -324,9 +381,12 @@ class RMSprop(Optimizer):
             slots["buf"] = be.zeros(param.shape, param.dtype)
         return slots
 
-    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale):
+    def _hyper(self, slots, lr, weight_decay, l1):
+        return hp.rmsprop(lr, self.alpha, self.eps, self.momentum, weight_decay, l1)
+
+    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale, hyper):
         be.rmsprop_update(param, grad, slots["square_avg"], slots.get("buf"), lr, self.alpha,
-                          self.eps, self.momentum, weight_decay, l1, scale)
+                          self.eps, self.momentum, weight_decay, l1, scale, hyper=hyper)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "eps": self.eps,
@@ -350,8 +410,12 @@ class Adagrad(Optimizer):
     def _new_state(self, be, param):
         return {"sum_sq": be.zeros(param.shape, param.dtype)}
 
-    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale):
-        be.adagrad_update(param, grad, slots["sum_sq"], lr, self.eps, weight_decay, l1, scale)
+    def _hyper(self, slots, lr, weight_decay, l1):
+        return hp.adagrad(lr, self.eps, weight_decay, l1)
+
+    def _update(self, be, param, grad, slots, lr, weight_decay, l1, scale, hyper):
+        be.adagrad_update(param, grad, slots["sum_sq"], lr, self.eps, weight_decay, l1, scale,
+                          hyper=hyper)
 
     def get_config(self):
         return {**super().get_config(), "eps": self.eps}

@@ -1,12 +1,14 @@
 """Trainer: full-batch, mini-batch and online gradient descent with history."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import graph as graphs
 from .callbacks import CallbackList
 from .errors import ShapeError
 from .losses import Loss
@@ -59,6 +61,9 @@ class Trainer:
                             f"got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.loss.backend = model.backend
+        self.augment = None
+        self.callbacks = CallbackList((), self)
+        self._metrics = None     # float64 [loss sum, correct, last batch's loss sum, unused]
         #: the data-parallel context, or None (see gpudl.distributed)
         self.distributed = distributed
 
@@ -90,7 +95,8 @@ class Trainer:
 
     # ---- training
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-            seed=None, verbose=True, callbacks=(), augment=None, resume_from=None):
+            seed=None, verbose=True, callbacks=(), augment=None, resume_from=None,
+            graph="auto"):
         """Train and return the history: a dict of per-epoch lists
         (loss, accuracy when it applies, and val_ versions with validation_data).
 
@@ -100,18 +106,29 @@ class Trainer:
         optimizer steps, so a seeded augmentation repeats on a resumed run.
         ``resume_from`` names a checkpoint (gpudl.checkpoint.ModelCheckpoint)
         to go on from: the run continues at the epoch after the saved one, up
-        to ``epochs`` in all, with the same callbacks in the same order."""
+        to ``epochs`` in all, with the same callbacks in the same order.
+
+        ``graph`` (True, False or "auto"; see gpudl.graph): capture each batch
+        shape's step once and replay it (on a GPU, one CUDA graph launch a
+        step). ``self.graph_info`` says afterwards what was done and why.
+        Nothing is read back inside a step: the loss and accuracy accumulate
+        on the device and are read for the progress bar at most every
+        ``progress_interval`` seconds and at the end of the epoch, where a
+        NaN or infinite loss stops the run naming the batches it arose in
+        (on the CPU, where reading is free, after the very batch)."""
         epochs = _positive_int("epochs", epochs)
         batch_size = _positive_int("batch_size", batch_size, allow_none=True)
         if augment is not None and not callable(augment):
             raise TypeError(f"fit: augment must be callable, got {type(augment).__name__}")
+        if graph not in (True, False, "auto"):
+            raise ValueError(f"fit: graph must be True, False or 'auto', got {graph!r}")
         xd, yd, y_host = self._prepare(x, y)
         val = None
         if validation_data is not None:
             if len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            val = validation_data
-            self._prepare(*val, what="validation_data x")  # fail now, not after epoch 1
+            # checked and uploaded once, now: fail before epoch 1, copy once per fit
+            val = self._prepare(*validation_data, what="validation_data x")
         dist = self.distributed
         # distributed, rank > 0: file-writing callbacks are skipped, no bars or lines
         self.callbacks = (_RankCallbackList if dist is not None and not dist.is_main
@@ -123,36 +140,122 @@ class Trainer:
         n = xd.shape[0]
         self.batch_size = n if batch_size is None else min(batch_size, n)
         self.epochs, self.shuffle, self.augment = epochs, shuffle, augment
+        use_graph, why = graphs.plan(graph, self)
+        self.graph_info = {"requested": graph, "captured": use_graph, "reason": why,
+                           "steps": {}}
         #: the generator that shuffles; a checkpoint saves its state
         self.rng = np.random.default_rng(seed)
         self.history = {"loss": []}
         self.epoch = 0          # epochs completed
         self.stop_training = False
+        be = self.model.backend
+        self._xd, self._yd = xd, yd
+        self._perm = None       # the epoch's order on the device, refilled in place
+        self._metrics = be.zeros((4,), np.float64)
+        self._steps = {}        # (count, full) -> step runner for the current fingerprint
+        self._fingerprint = None
         # train mode for the epochs (forward below also says training=True
         # explicitly), and the caller's mode back afterwards
         was_training = getattr(self.model, "training", False)
         if hasattr(self.model, "train"):
             self.model.train()
         try:
-            self.callbacks.call("on_train_begin", {})
-            if resume_from is not None:
-                from .checkpoint import restore
-                restore(self, resume_from)
-            while self.epoch < epochs and not self.stop_training:
-                self._run_epoch(xd, yd, y_host, val, verbose)
-            self.callbacks.call("on_train_end", {"epochs": self.epoch})
+            with self._graph_stream(use_graph):
+                self.callbacks.call("on_train_begin", {})
+                if resume_from is not None:
+                    from .checkpoint import restore
+                    restore(self, resume_from)
+                while self.epoch < epochs and not self.stop_training:
+                    self._run_epoch(val, verbose, use_graph)
+                self.callbacks.call("on_train_end", {"epochs": self.epoch})
         finally:
             if hasattr(self.model, "train"):
                 self.model.train(was_training)
+            self._steps = {}    # the graphs (and their memory pools) go with the fit
         return self.history
+
+    #: seconds between progress-bar reads of the device metrics
+    progress_interval = 0.3
+
+    @contextlib.contextmanager
+    def _graph_stream(self, use_graph):
+        """On a real GPU a graphed fit runs on the backend's non-blocking
+        stream (capture needs one), after the uploads made on the default
+        stream, and the default stream sees its results afterwards."""
+        be = self.model.backend
+        if not use_graph or getattr(be, "_cp", None) is None:
+            yield
+            return
+        be.synchronize()
+        stream = be.graph_stream()
+        with stream:
+            yield
+        stream.synchronize()
 
     @property
     def step(self) -> int:
         """Optimizer steps taken so far (all fits of this optimizer)."""
         return self.optimizer.iterations
 
-    def _run_epoch(self, xd, yd, y_host, val, verbose):
-        n, bs, be = xd.shape[0], self.batch_size, self.model.backend
+    def train_on_batch(self, xb, yb):
+        """One optimizer step on device arrays xb, yb of the model's backend:
+        forward in training mode, the loss (added to the device metrics,
+        nothing read back), backward, the optimizer's update."""
+        be = self.model.backend
+        if self._metrics is None:
+            self._metrics = be.zeros((4,), np.float64)
+        if self.augment is not None:
+            from .augment import Augment
+            step = (lambda: self.step) if isinstance(self.augment, Augment) else self.step
+            xb = self.augment(xb, step)
+        out = self.model.forward(xb, training=True)
+        self.loss.accumulate(out, yb, self._metrics)
+        self.model.backward(self.loss.backward(), need_input_grad=False)
+        if self.distributed is not None:  # hook (b): the mean gradient over the ranks
+            self.distributed.average_gradients(self.model)
+        self.optimizer.step(self.model)
+
+    def _batch_offset(self):
+        return np.array([self._batch_start], np.int64)
+
+    def _step_fn(self, count, full):
+        """The device work of one step on the batch of ``count`` samples that
+        starts at self._batch_start in the epoch's order."""
+        def run():
+            if full:
+                xb, yb = self._xd, self._yd
+            else:
+                be = self.model.backend
+                offset = be.step_input(self._batch_offset)
+                xb = be.take_rows_at(self._xd, self._perm, offset, count)
+                yb = be.take_rows_at(self._yd, self._perm, offset, count)
+            self.train_on_batch(xb, yb)
+        return run
+
+    def _runner(self, count, full, use_graph):
+        key = (count, full)
+        runner = self._steps.get(key)
+        if runner is None:
+            fn = self._step_fn(count, full)
+            runner = graphs.GraphedStep(fn, self.model.backend) if use_graph else fn
+            self._steps[key] = runner
+        return runner
+
+    def _read_metrics(self):
+        return self.model.backend.to_numpy(self._metrics)
+
+    def _check_loss(self, value, epoch, first, last, starts):
+        if math.isfinite(value):
+            return
+        where = (f"batch starting at sample {starts[first]}" if first == last else
+                 f"batches {first}-{last} (samples {starts[first]}-{starts[last + 1] - 1})")
+        raise FloatingPointError(
+            f"the loss became {value} at epoch {epoch}, {where}: lower the learning rate "
+            f"(now {self.optimizer.lr})")
+
+    def _run_epoch(self, val, verbose, use_graph=False):
+        xd, bs, be = self._xd, self.batch_size, self.model.backend
+        n = xd.shape[0]
         epoch = self.epoch + 1
         self.callbacks.call("on_epoch_begin", epoch, {})
         t0 = time.perf_counter()
@@ -161,40 +264,51 @@ class Trainer:
         if dist is not None:  # hook (a): this rank's shard of the epoch's order
             order = dist.shard(order)
             n = len(order)
-        total, correct, seen = 0.0, 0, 0
+        full = bs >= n and not self.shuffle and dist is None
+        if not full:  # one upload of the order per epoch, into the same buffer
+            order = np.ascontiguousarray(order, np.int64)
+            if self._perm is None or self._perm.shape[0] != order.shape[0]:
+                self._perm = be.zeros(order.shape, np.int64)
+            be.set_array(self._perm, order)
+        if use_graph:  # something a graph baked in changed: capture again
+            fp = graphs.fingerprint(self)
+            if fp != self._fingerprint:
+                self._steps, self._fingerprint = {}, fp
+        be.set_array(self._metrics, np.zeros(4))
+        batch_hooks = any(graphs._batch_hooks(cb) for cb in self.callbacks)
+        starts = list(range(0, n, bs)) + [n]
+        seen, checked, last_read = 0, 0, time.perf_counter()
         # disable=None: a bar on a terminal, plain per-epoch lines in a log
         with tqdm(total=n, disable=None if verbose else True, unit="sample", leave=True,
                   desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar:
-            for batch, start in enumerate(range(0, n, bs)):
+            for batch, start in enumerate(starts[:-1]):
+                count = min(bs, n - start)
                 self.callbacks.call("on_batch_begin", batch, {})
-                idx = order[start:start + bs]
-                if bs == n and not self.shuffle and dist is None:
-                    xb, yb = xd, yd
-                else:
-                    di = be.asarray(idx.astype(np.int64))
-                    xb, yb = be.take_rows(xd, di), be.take_rows(yd, di)
-                if self.augment is not None:
-                    xb = self.augment(xb, self.step)
-                out = self.model.forward(xb, training=True)
-                value = self.loss(out, yb)
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"the loss became {value} at epoch {epoch}, batch starting at sample "
-                        f"{start}: lower the learning rate (now {self.optimizer.lr})")
-                self.model.backward(self.loss.backward(), need_input_grad=False)
-                if dist is not None:  # hook (b): the mean gradient over the ranks
-                    dist.average_gradients(self.model)
-                self.optimizer.step(self.model)
-                total += value * len(idx)
-                seen += len(idx)
-                if self.loss.has_accuracy:
-                    correct += self.loss.correct(be.to_numpy(out), y_host[idx])
-                bar.update(len(idx))
-                bar.set_postfix(loss=f"{value:.4f}")
-                blogs = {"loss": value, "size": len(idx)}
-                self.callbacks.call("on_batch_end", batch, blogs)
+                self._batch_start = start
+                runner = self._runner(count, full, use_graph)
+                runner()
+                if use_graph:
+                    self.graph_info["steps"][count] = runner.mode
+                seen += count
+                bar.update(count)
+                if batch_hooks or be.reads_are_free:  # the batch's own loss, at once
+                    m = self._read_metrics()
+                    value = float(m[2]) / count
+                    self._check_loss(value, epoch, batch, batch, starts)
+                    checked = batch + 1
+                    bar.set_postfix(loss=f"{value:.4f}")
+                    self.callbacks.call("on_batch_end", batch, {"loss": value, "size": count})
+                elif time.perf_counter() - last_read > self.progress_interval:
+                    m = self._read_metrics()  # the bar's running mean, a few times a second
+                    self._check_loss(float(m[0]), epoch, checked, batch, starts)
+                    checked, last_read = batch + 1, time.perf_counter()
+                    bar.set_postfix(loss=f"{m[0] / seen:.4f}")
                 if self.stop_training:
                     break
+            m = self._read_metrics()
+            if checked < batch + 1:
+                self._check_loss(float(m[0]), epoch, checked, batch, starts)
+            total, correct = float(m[0]), float(m[1])
             if dist is not None:  # hook (c): the epoch's metrics over every rank
                 total, correct, seen = dist.reduce_metrics([total, correct, seen])
                 dist.end_epoch(self.model)  # same running statistics on every rank
@@ -202,7 +316,7 @@ class Trainer:
             if self.loss.has_accuracy:
                 logs["accuracy"] = correct / max(seen, 1)
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
+                logs.update({f"val_{k}": v for k, v in self._evaluate(*val).items()})
             logs["time"] = time.perf_counter() - t0
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
         self.epoch = epoch
@@ -220,21 +334,22 @@ class Trainer:
 
     def evaluate(self, x, y, batch_size=256):
         """Mean loss (and accuracy where it applies) in inference mode."""
-        xd, yd, y_host = self._prepare(x, y)
+        return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+
+    def _evaluate(self, xd, yd, y_host=None, batch_size=256):
+        """evaluate() on device arrays: batches are row slices (views, no
+        copy), metrics accumulate on the device and are read once."""
         be = self.model.backend
         n = xd.shape[0]
-        total, correct = 0.0, 0
+        metrics = be.zeros((4,), np.float64)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            di = be.asarray(np.arange(start, stop, dtype=np.int64))
-            xb, yb = be.take_rows(xd, di), be.take_rows(yd, di)
-            out = self.model.forward(xb, training=False)
-            total += self.loss(out, yb) * (stop - start)
-            if self.loss.has_accuracy:
-                correct += self.loss.correct(be.to_numpy(out), y_host[start:stop])
-        result = {"loss": total / n}
+            out = self.model.forward(xd[start:stop], training=False)
+            self.loss.accumulate(out, yd[start:stop], metrics)
+        m = be.to_numpy(metrics)
+        result = {"loss": float(m[0]) / n}
         if self.loss.has_accuracy:
-            result["accuracy"] = correct / n
+            result["accuracy"] = float(m[1]) / n
         return result
 
     def predict(self, x, batch_size=256):

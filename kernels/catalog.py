@@ -20,7 +20,7 @@ from numba import boolean, float32, float64, int64, uint64
 from . import batchnorm as bn
 from . import augment, dropout
 from . import elementwise as ew
-from . import concat, conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax
+from . import concat, conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax, steps
 
 FLOATS = (float32, float64)
 
@@ -101,14 +101,24 @@ KERNELS += [
      _sigs(lambda t: (_t4(t), _t4(int64), _t4(t)) + _POOL)),
     ("avg_pool2d_fwd", pool.avg_pool2d_fwd, _sigs(lambda t: (_t4(t), _t4(t)) + _POOL)),
     ("avg_pool2d_bwd", pool.avg_pool2d_bwd, _sigs(lambda t: (_t4(t), _t4(t)) + _POOL)),
-    ("sgd", optim.sgd, _sigs(lambda t: (_v(t), _v(t)) + (t,) * 4)),
-    ("sgd_momentum", optim.sgd_momentum,
-     _sigs(lambda t: (_v(t),) * 3 + (t,) * 5 + (boolean,))),
-    ("adam", optim.adam, _sigs(lambda t: (_v(t),) * 4 + (t,) * 11)),
-    ("rmsprop", optim.rmsprop, _sigs(lambda t: (_v(t),) * 3 + (t,) * 7)),
-    ("rmsprop_momentum", optim.rmsprop_momentum, _sigs(lambda t: (_v(t),) * 4 + (t,) * 8)),
-    ("adagrad", optim.adagrad, _sigs(lambda t: (_v(t),) * 3 + (t,) * 5)),
+    ("sgd", optim.sgd, _sigs(lambda t: (_v(t),) * 4)),
+    ("sgd_momentum", optim.sgd_momentum, _sigs(lambda t: (_v(t),) * 5 + (boolean,))),
+    ("adam", optim.adam, _sigs(lambda t: (_v(t),) * 6)),
+    ("rmsprop", optim.rmsprop, _sigs(lambda t: (_v(t),) * 5)),
+    ("rmsprop_momentum", optim.rmsprop_momentum, _sigs(lambda t: (_v(t),) * 6)),
+    ("adagrad", optim.adagrad, _sigs(lambda t: (_v(t),) * 5)),
     ("sum_squares", optim.sum_squares, _sigs(lambda t: (_v(t), _v(t)))),
+    ("clip_factor", optim.clip_factor, [(_v(float64), float64, _v(float64))]),
+    ("store_f64", optim.store_f64, _sigs(lambda t: (_v(t), _v(float64), int64))),
+    ("narrow_from_f64", optim.narrow_from_f64, _sigs(lambda t: (_v(float64), int64, _v(t)))),
+    ("take_rows_at", steps.take_rows_at,
+     _sigs(lambda t: (_m(t), _v(int64), _v(int64), _m(t)), (float32, float64, int64))),
+    ("metric_add", steps.metric_add,
+     _sigs(lambda t: (_v(float64), int64, _v(t), float64, int64))),
+    ("correct_argmax", steps.correct_argmax,
+     _sigs(lambda t: (_m(t), _v(int64), _v(float64)))),
+    ("correct_threshold", steps.correct_threshold,
+     _sigs(lambda t: (_v(t), _v(t), t, _v(float64)))),
 ]
 KERNELS += [
     ("bn_sqdev_partial", bn.sqdev_partial, _sigs(lambda t: (_t3(t), _v(t), _m(t)))),
@@ -120,13 +130,20 @@ KERNELS += [
     ("bn_forward_apply", bn.forward_apply, _sigs(lambda t: (_v(t),) * 5 + (int64, _v(t)))),
     ("bn_backward_apply", bn.backward_apply,
      _sigs(lambda t: (_v(t),) * 7 + (t, int64, _v(t)))),
-    ("dropout_mask", dropout.dropout_mask, _sigs(lambda t: (_v(t), uint64, uint64, t))),
+    ("dropout_mask", dropout.dropout_mask, _sigs(lambda t: (_v(t), _v(uint64), t))),
     ("multiply", dropout.multiply, _sigs(lambda t: (_v(t), _v(t), _v(t)))),
     ("concat_channels", concat.concat_channels, _sigs(lambda t: (_m(t), _m(t), int64))),
     ("split_channels", concat.split_channels, _sigs(lambda t: (_m(t), _m(t), int64))),
     ("affine_sample", augment.affine_sample,
      _sigs(lambda t: (_t4(t), _m(t), _t4(t), t, boolean))),
 ]
+
+
+#: kernels whose float32 signature does float64 work on purpose: the epoch's
+#: metrics are float64 sums, and clipping's factor is formed in float64 as
+#: torch.nn.utils.clip_grad_norm_ forms it, then rounded once to the params' type
+F64_BY_DESIGN = frozenset({"store_f64", "narrow_from_f64", "metric_add", "correct_argmax",
+                           "correct_threshold"})
 
 
 def _sig_name(sig):

@@ -22,11 +22,15 @@ def _mix(z):
 
 
 @cuda.jit
-def dropout_mask(out, key, threshold, scale):
-    """out[i] = scale if mix(key + (i + 1) * GOLDEN) >> 11 >= threshold else 0.
+def dropout_mask(out, keys, scale):
+    """out[i] = scale if mix(key + (i + 1) * GOLDEN) >> 11 >= threshold else 0,
+    keys = [key, threshold] (uint64, on the device).
 
-    key = mix(seed * GOLDEN + counter) is computed on the host; threshold is
-    round(p * 2^53) and scale 1 / (1 - p), typed like out."""
+    key = mix(seed * GOLDEN + counter) is computed on the host and read from
+    device memory, so a captured step draws a new mask each replay;
+    threshold is round(p * 2^53) and scale 1 / (1 - p), typed like out."""
+    key = keys[0]
+    threshold = keys[1]
     zero = out.dtype.type(0)
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, out.shape[0], stride):

@@ -53,6 +53,6 @@ def test_kernel_sm90(report, name):
     assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row["log"]
     assert row["stack"] == 0, f"{name} uses a {row['stack']}-byte stack frame:\n{row['log']}"
     assert row["registers"] > 0
-    if "float32" in name:
+    if "float32" in name and name.split("[")[0] not in catalog.F64_BY_DESIGN:
         assert row["f64_ops"] == 0, f"{name} has {row['f64_ops']} f64 instructions in its PTX"
     assert row["smem"] <= 48 * 1024  # the static shared-memory limit

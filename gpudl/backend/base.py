@@ -44,6 +44,36 @@ class Backend(abc.ABC):
     def synchronize(self):
         """Wait until queued device work is done (a no-op on the CPU)."""
 
+    # ---- per-step host values and captured steps (gpudl/backend/capture.py)
+    #: the capture in progress, or None
+    _capture = None
+    #: whether capture() records steps (the CUDA backend, GPU and simulator)
+    can_capture = False
+
+    #: whether reading an array back costs nothing (host memory): the Trainer
+    #: then checks the loss after every batch instead of a few times an epoch
+    reads_are_free = False
+
+    def set_array(self, dst, host):
+        """In place: dst[...] = host (a NumPy array), a host-to-device copy into
+        an array that keeps its address (the epoch's permutation, the metrics)."""
+        dst[...] = host
+
+    def step_input(self, producer):
+        """The step's host values as arrays of this backend: ``producer()``
+        returns a NumPy array (or a tuple of them); each becomes an array of
+        this backend. While a step is being captured the producer is
+        recorded too and runs again before every replay, its values copied
+        into the same arrays (see capture.py); here, on the host, the values
+        are returned as they are."""
+        return producer()
+
+    def capture(self, fn):
+        """Run ``fn`` once as a captured step and return the capture, whose
+        ``replay()`` repeats it; the capture's own run happens only at its
+        first ``replay(first=True)``."""
+        raise NotImplementedError(f"the {self.name} backend has no captured steps")
+
     def device_name(self) -> str:
         return self.name
 
@@ -61,8 +91,9 @@ class Backend(abc.ABC):
         """Sum over the batch axis: (N, F) -> (F,). The bias gradient."""
 
     @abc.abstractmethod
-    def axpby(self, alpha, x, beta, y):
-        """alpha * x + beta * y, elementwise, same shapes."""
+    def axpby(self, alpha, x, beta, y, out=None):
+        """alpha * x + beta * y, elementwise, same shapes; into ``out`` (which may
+        be x or y: a running average updated in place) when given."""
 
     # ---- convolution (NCHW; w (O, C // groups, KH, KW); no bias) --------
     # stride and dilation are (h, w) pairs, pads is (top, bottom, left, right).
@@ -136,6 +167,12 @@ class Backend(abc.ABC):
         backend gives the same mask for the same (seed, counter)."""
 
     @abc.abstractmethod
+    def dropout_mask_keyed(self, shape, p, keys, dtype):
+        """dropout_mask with the draw's [key, threshold] (uint64, from
+        dropout_key.key_and_threshold) already an array of this backend, as a
+        step input: a captured step draws a new mask each replay."""
+
+    @abc.abstractmethod
     def multiply(self, a, b):
         """a * b, elementwise, same shapes."""
 
@@ -146,6 +183,11 @@ class Backend(abc.ABC):
         shows x[n] at sy = t0 i + t1 j + t2, sx = t3 i + t4 j + t5, t = theta[n]
         (host (N, 6), cast to x's dtype), read bilinearly (or at the nearest
         pixel, for integer theta) with fill outside the image."""
+
+    @abc.abstractmethod
+    def augment_affine_device(self, x, theta, fill=0.0, nearest=False):
+        """augment_affine with theta already an array of this backend, typed
+        like x (a step input)."""
 
     @staticmethod
     def _affine_check(x, theta):
@@ -190,18 +232,22 @@ class Backend(abc.ABC):
         """Row-wise Jacobian-vector product: y * (grad - sum(grad * y, axis=1))."""
 
     # ---- losses -----------------------------------------------------------
+    # With reduce=False each returns (per-item losses, grad) and reads nothing
+    # back: 1-D losses, one per sample (cross-entropy) or per element (MSE,
+    # BCE), whose sum times ``loss_factor`` is the batch's share of an epoch
+    # sum (Trainer metrics). The grad is the same as with reduce=True.
     @abc.abstractmethod
-    def softmax_cross_entropy(self, logits, labels):
+    def softmax_cross_entropy(self, logits, labels, reduce=True):
         """Mean cross-entropy of softmax(logits) (N, C) against integer labels (N,).
 
         Returns (loss, grad) with grad = (softmax(logits) - onehot(labels)) / N."""
 
     @abc.abstractmethod
-    def mse(self, pred, target):
+    def mse(self, pred, target, reduce=True):
         """Mean over all elements of (pred - target)**2; grad = 2 (pred - target) / size."""
 
     @abc.abstractmethod
-    def binary_cross_entropy(self, pred, target, from_logits=False):
+    def binary_cross_entropy(self, pred, target, from_logits=False, reduce=True):
         """Mean over all elements of -(t log p + (1 - t) log(1 - p)).
 
         With from_logits, pred holds logits z and p = sigmoid(z), computed
@@ -213,11 +259,15 @@ class Backend(abc.ABC):
     # Every update is in place on ``param`` and its state arrays (shaped like
     # param, C-contiguous), one fused pass. Each follows the gradient
     #     g = grad_scale * grad + weight_decay * param + l1 * sign(param)
-    # (grad_scale: gradient clipping's factor, 1 when not clipping). The
-    # formulas are PyTorch's (torch.optim docs), written out in each method.
+    # (grad_scale: gradient clipping's factor, 1 when not clipping; a float or
+    # a (1,) array of this backend from clip_scales). The formulas are
+    # PyTorch's (torch.optim docs), written out in each method. ``hyper``, when
+    # given, is the kernel's row of per-step scalars (gpudl/backend/hyper.py)
+    # as an array of this backend typed like param, and the scalar arguments
+    # are then only the host's copy of the same values.
     @abc.abstractmethod
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
-                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0):
+                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0, hyper=None):
         """SGD: v = momentum * v - lr * g                   (the notes' momentum)
         param += v                  (plain momentum, or plain SGD when momentum = 0)
         param += momentum * v - lr * g                 (nesterov)
@@ -225,7 +275,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, step,
-                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0):
+                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0, hyper=None):
         """Adam step number ``step`` (1 for the first), with bias correction:
         param *= 1 - lr * weight_decay   (decoupled, AdamW; then g has no L2 term)
         m = beta1 m + (1 - beta1) g,  v = beta2 v + (1 - beta2) g^2
@@ -233,14 +283,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def rmsprop_update(self, param, grad, square_avg, buf, lr, alpha, eps, momentum=0.0,
-                       weight_decay=0.0, l1=0.0, grad_scale=1.0):
+                       weight_decay=0.0, l1=0.0, grad_scale=1.0, hyper=None):
         """RMSprop: s = alpha s + (1 - alpha) g^2, d = g / (sqrt(s) + eps);
         param -= lr d, or with momentum buf = momentum buf + d, param -= lr buf.
         ``buf`` may be None when momentum == 0."""
 
     @abc.abstractmethod
     def adagrad_update(self, param, grad, sum_sq, lr, eps, weight_decay=0.0, l1=0.0,
-                       grad_scale=1.0):
+                       grad_scale=1.0, hyper=None):
         """Adagrad: sum_sq += g^2, param -= lr g / (sqrt(sum_sq) + eps)."""
 
     @abc.abstractmethod
@@ -248,6 +298,18 @@ class Backend(abc.ABC):
         """Sum of x**2 over every element of every array in the list, as a Python
         float: the squared global norm that gradient clipping scales by. One
         host read per dtype present (once per step in practice)."""
+
+    def clip_scales(self, grads, clip_norm):
+        """Gradient clipping by global norm without a host read where the
+        device allows: (norm, {dtype: scale}), norm = sqrt of the sum of
+        squares of every gradient and scale = clip_norm / (norm + 1e-6) when
+        below 1, else 1. Here both are host floats; the CUDA backend returns
+        device arrays ((2,) float64 [norm, scale] and (1,) per dtype)."""
+        import math
+        norm = math.sqrt(self.sum_squares(grads))
+        coef = clip_norm / (norm + 1e-6)
+        scale = coef if coef < 1.0 else 1.0
+        return norm, {g.dtype: scale for g in grads}
 
     @staticmethod
     def _check_state(op, param, grad, contiguous=True, **slots):
@@ -309,3 +371,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def argmax_rows(self, x):
         """Index of the largest entry of each row of (N, C), as int64 (N,)."""
+
+    @abc.abstractmethod
+    def take_rows_at(self, x, perm, offset, count):
+        """x[perm[offset[0] : offset[0] + count]] with perm (P,) int64 and offset
+        (1,) int64 arrays of this backend: a batch gathered from a device-
+        resident data set by the epoch's permutation, the offset a step input."""
+
+    @abc.abstractmethod
+    def metric_add(self, metrics, slot, values, factor=1.0, last=-1):
+        """In place, float64 metrics: metrics[slot] += sum(values) * factor, and
+        metrics[last] = sum(values) * factor when last >= 0. Nothing is read back."""
+
+    @abc.abstractmethod
+    def correct_flags(self, pred, target, kind, threshold=0.5):
+        """1-D float64 0/1 flags: kind "argmax", one per row, argmax(pred[r]) ==
+        target[r]; kind "threshold", one per element, (pred >= threshold) ==
+        (target >= 0.5)."""

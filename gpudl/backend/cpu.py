@@ -15,6 +15,7 @@ BCE_EPS = 1e-7
 class CPUBackend(Backend):
     name = "cpu"
     xp = np
+    reads_are_free = True
 
     def asarray(self, x, dtype=None):
         return np.array(x, dtype=dtype, copy=True, order="C")
@@ -37,8 +38,11 @@ class CPUBackend(Backend):
     def sum_rows(self, g):
         return g.sum(axis=0)
 
-    def axpby(self, alpha, x, beta, y):
-        return alpha * x + beta * y
+    def axpby(self, alpha, x, beta, y, out=None):
+        if out is None:
+            return alpha * x + beta * y
+        out[...] = alpha * x + beta * y
+        return out
 
     # ---- convolution
     def conv2d(self, x, w, stride, pads, dilation, groups=1):
@@ -83,12 +87,18 @@ class CPUBackend(Backend):
     def dropout_mask(self, shape, p, seed, counter, dtype):
         return dropout_key.mask(shape, p, seed, counter, dtype)
 
+    def dropout_mask_keyed(self, shape, p, keys, dtype):
+        return dropout_key.mask_from_key(shape, p, np.uint64(keys[0]), np.uint64(keys[1]), dtype)
+
     def multiply(self, a, b):
         if a.shape != b.shape:
             raise ShapeError(f"multiply: shapes {a.shape} and {b.shape} differ")
         return a * b
 
     # ---- data augmentation: the reference of kernels/augment.py, same operation order
+    def augment_affine_device(self, x, theta, fill=0.0, nearest=False):
+        return self.augment_affine(x, theta, fill, nearest)
+
     def augment_affine(self, x, theta, fill=0.0, nearest=False):
         theta = np.asarray(theta, np.float64)
         self._affine_check(x, theta)
@@ -153,22 +163,24 @@ class CPUBackend(Backend):
         return y * (grad - (grad * y).sum(axis=1, keepdims=True))
 
     # ---- losses
-    def softmax_cross_entropy(self, logits, labels):
+    def softmax_cross_entropy(self, logits, labels, reduce=True):
         n = logits.shape[0]
         shifted = logits - logits.max(axis=1, keepdims=True)
         logsum = np.log(np.exp(shifted).sum(axis=1))
         rows = np.arange(n)
-        loss = float(np.sum(logsum - shifted[rows, labels]) / n)
+        losses = logsum - shifted[rows, labels]
         grad = np.exp(shifted - logsum[:, None])
         grad[rows, labels] -= 1
         grad /= n
-        return loss, grad
+        return (float(np.sum(losses) / n) if reduce else losses), grad
 
-    def mse(self, pred, target):
+    def mse(self, pred, target, reduce=True):
         diff = pred - target
-        return float(np.sum(diff * diff) / diff.size), (2.0 / diff.size) * diff
+        sq = diff * diff
+        return (float(np.sum(sq) / diff.size) if reduce else sq.reshape(-1)), \
+            (2.0 / diff.size) * diff
 
-    def binary_cross_entropy(self, pred, target, from_logits=False):
+    def binary_cross_entropy(self, pred, target, from_logits=False, reduce=True):
         size = pred.size
         if from_logits:
             z = pred
@@ -178,7 +190,8 @@ class CPUBackend(Backend):
             p = np.clip(pred, BCE_EPS, 1 - BCE_EPS)
             loss = -(target * np.log(p) + (1 - target) * np.log1p(-p))
             grad = (p - target) / (p * (1 - p)) / size
-        return float(np.sum(loss) / size), grad.astype(pred.dtype, copy=False)
+        grad = grad.astype(pred.dtype, copy=False)
+        return (float(np.sum(loss) / size) if reduce else loss.reshape(-1)), grad
 
     # ---- optimizer (scalars enter as Python floats, so float32 stays float32)
     @staticmethod
@@ -191,7 +204,7 @@ class CPUBackend(Backend):
         return g
 
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
-                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0):
+                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0, hyper=None):
         self._check_state("sgd_update", param, grad, False, velocity=velocity)
         g = self._effective_grad(param, grad, weight_decay, l1, grad_scale)
         lr, momentum = float(lr), float(momentum)
@@ -206,7 +219,7 @@ class CPUBackend(Backend):
             param += velocity
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, step,
-                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0):
+                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0, hyper=None):
         self._check_state("adam_update", param, grad, False, m=m, v=v)
         lr, beta1, beta2, eps = float(lr), float(beta1), float(beta2), float(eps)
         g = self._effective_grad(param, grad, 0.0 if decoupled else weight_decay, l1, grad_scale)
@@ -221,7 +234,7 @@ class CPUBackend(Backend):
         param -= step_size * m / (np.sqrt(v) / bc2_sqrt + eps)
 
     def rmsprop_update(self, param, grad, square_avg, buf, lr, alpha, eps, momentum=0.0,
-                       weight_decay=0.0, l1=0.0, grad_scale=1.0):
+                       weight_decay=0.0, l1=0.0, grad_scale=1.0, hyper=None):
         self._check_state("rmsprop_update", param, grad, False, square_avg=square_avg, buf=buf)
         lr, alpha, eps, momentum = float(lr), float(alpha), float(eps), float(momentum)
         g = self._effective_grad(param, grad, weight_decay, l1, grad_scale)
@@ -236,7 +249,7 @@ class CPUBackend(Backend):
         param -= lr * buf
 
     def adagrad_update(self, param, grad, sum_sq, lr, eps, weight_decay=0.0, l1=0.0,
-                       grad_scale=1.0):
+                       grad_scale=1.0, hyper=None):
         self._check_state("adagrad_update", param, grad, False, sum_sq=sum_sq)
         g = self._effective_grad(param, grad, weight_decay, l1, grad_scale)
         sum_sq += g * g
@@ -261,3 +274,18 @@ class CPUBackend(Backend):
 
     def argmax_rows(self, x):
         return x.argmax(axis=1).astype(np.int64)
+
+    def take_rows_at(self, x, perm, offset, count):
+        start = int(offset[0])
+        return np.ascontiguousarray(x[perm[start:start + count]])
+
+    def metric_add(self, metrics, slot, values, factor=1.0, last=-1):
+        value = float(np.sum(values)) * float(factor)
+        metrics[slot] += value
+        if last >= 0:
+            metrics[last] = value
+
+    def correct_flags(self, pred, target, kind, threshold=0.5):
+        if kind == "argmax":
+            return (pred.argmax(axis=1) == target).astype(np.float64)
+        return ((pred >= threshold) == (target >= 0.5)).astype(np.float64).reshape(-1)

@@ -27,10 +27,11 @@ from ..kernels import dropout as dk  # noqa: E402
 from ..kernels import elementwise as ew  # noqa: E402
 from ..kernels import loss as lk  # noqa: E402
 from ..kernels import matmul as mm  # noqa: E402
-from ..kernels import optim as ok  # noqa: E402
 from ..kernels import reduce as rk  # noqa: E402
 from ..kernels import softmax as sk  # noqa: E402
-from . import cuda_bn, cuda_concat, cuda_conv, cuda_pool, dropout_key  # noqa: E402
+from . import capture as cap  # noqa: E402
+from . import cuda_bn, cuda_concat, cuda_conv, cuda_optim, cuda_pool, cuda_steps  # noqa: E402
+from . import dropout_key  # noqa: E402
 from .base import Backend  # noqa: E402
 from .cpu import BCE_EPS  # noqa: E402
 
@@ -41,6 +42,7 @@ def _cdiv(a, b):
 
 class CUDABackend(Backend):
     name = "cuda"
+    can_capture = True
 
     def __init__(self, simulator: bool):
         self.simulator = bool(simulator)
@@ -59,6 +61,9 @@ class CUDABackend(Backend):
             self._threads = 256
             self._max_blocks = 8 * sms  # a few waves of blocks, then grid-stride
         self._streams = {}
+        self._capture = None      # the step being captured (capture.py), or None
+        self._constants = {}
+        self._graph_stream = None
 
     # ---- launching ---------------------------------------------------------
     def _stream(self):
@@ -78,7 +83,53 @@ class CUDABackend(Backend):
         with the launch stream, which is CuPy's current stream, so nothing
         waits on the host. (Wrapping each in cuda.as_cuda_array(sync=False)
         also works, but measured 109 vs 63 us per small launch on an H200.)"""
+        c = self._capture
+        if c is not None and self._cp is None:  # the simulator twin records, runs nothing
+            c.launch(kernel, grid, block, args)
+            return
         kernel[grid, block, self._stream()](*args)
+
+    def graph_stream(self):
+        """The non-blocking CuPy stream captured steps run on (a real GPU only):
+        capture needs a stream that the legacy default stream does not
+        implicitly join. The Trainer runs a graphed fit on it throughout."""
+        if self._graph_stream is None:
+            self._graph_stream = self._cp.cuda.Stream(non_blocking=True)
+        return self._graph_stream
+
+    # ---- captured steps (capture.py, cuda_steps.py)
+    def step_input(self, producer):
+        return cuda_steps.step_input(self, producer)
+
+    def capture(self, fn):
+        return cuda_steps.capture(self, fn)
+
+    def _upload(self, host):
+        return self.xp.array(host, copy=True, order="C")
+
+    def _constant(self, value, dtype):
+        """A cached (1,) device array holding value (made before any capture)."""
+        key = (float(value), np.dtype(dtype))
+        arr = self._constants.get(key)
+        if arr is None:
+            arr = self._constants[key] = self._upload(np.array([value], dtype))
+        return arr
+
+    def _sim_op(self, fn):
+        """Array work done outside a kernel: recorded under the simulator's
+        capture (replayed in order), done now otherwise. On a GPU it is CuPy
+        work on the current stream, which the CUDA graph captures itself."""
+        c = self._capture
+        if c is not None and self._cp is None:
+            c.op(fn)
+        else:
+            fn()
+
+    def _assign(self, dst, src):
+        """dst[...] = src, in stream order (see _sim_op)."""
+        def run():
+            dst[...] = src
+        self._sim_op(run)
 
     def _launch_flat(self, kernel, n, *args):
         """A grid-stride elementwise kernel over n elements."""
@@ -95,14 +146,35 @@ class CUDABackend(Backend):
 
     # ---- memory ------------------------------------------------------------
     def asarray(self, x, dtype=None):
+        cap.forbid(self, "asarray (a host-to-device copy)")
         return self.xp.array(x, dtype=dtype, copy=True, order="C")
 
+    def set_array(self, dst, host):
+        cap.forbid(self, "set_array (a host-to-device copy)")
+        host = np.ascontiguousarray(host, dtype=dst.dtype)
+        if host.shape != tuple(dst.shape):
+            raise ShapeError(f"set_array: host values of shape {host.shape} do not fit an array "
+                             f"of shape {tuple(dst.shape)}")
+        if self._cp is None:
+            dst[...] = host
+        else:
+            dst.set(host, stream=self._cp.cuda.get_current_stream())
+
+    def zeros(self, shape, dtype):
+        if self._capture is not None and self._cp is None:
+            out = np.empty(shape, dtype)
+            self._sim_op(lambda: out.fill(0))
+            return out
+        return self.xp.zeros(shape, dtype=dtype)
+
     def to_numpy(self, x):
+        cap.forbid(self, "to_numpy (a device-to-host read)")
         if self._cp is not None and isinstance(x, self._cp.ndarray):
             return self._cp.asnumpy(x)
         return np.array(x, copy=True)
 
     def synchronize(self):
+        cap.forbid(self, "synchronize")
         if self._cp is not None:
             self._cp.cuda.get_current_stream().synchronize()
 
@@ -121,7 +193,12 @@ class CUDABackend(Backend):
 
     def _c(self, x, dtype=None):
         """x on this device, C-contiguous, of dtype (copies only if needed)."""
-        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+        out = self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+        if self._capture is not None and self._cp is None and out is not x \
+                and not np.shares_memory(out, x):
+            # the copy just made read values no kernel has written yet: redo it on replay
+            self._assign(out, x)
+        return out
 
     def _pair(self, a, b):
         dt = np.result_type(a.dtype, b.dtype)
@@ -172,7 +249,7 @@ class CUDABackend(Backend):
         else:  # in place on a view: work on a contiguous copy, then write it back
             tmp = self._c(z)
             self._launch_flat(ew.add_bias, tmp.size, tmp.reshape(-1), b)
-            z[...] = tmp
+            self._assign(z, tmp)
 
     def sum_rows(self, g):
         if g.ndim != 2:
@@ -183,8 +260,7 @@ class CUDABackend(Backend):
         if f == 0:
             return out
         if n == 0:
-            out[...] = 0
-            return out
+            return self.zeros((f,), g.dtype)
         bx, by = rk.sum_rows_grid(n, f, self._max_blocks)
         block = (rk.SX, rk.SY)
         if by == 1:  # one row of partials is already the answer
@@ -195,11 +271,17 @@ class CUDABackend(Backend):
         self.launch(rk.sum_rows_naive, _cdiv(f, self._threads), self._threads, partial, out)
         return out
 
-    def axpby(self, alpha, x, beta, y):
+    def axpby(self, alpha, x, beta, y, out=None):
         self._same_shape("axpby", x, y, ("x", "y"))
+        if out is not None and (tuple(out.shape) != tuple(x.shape) or not out.flags.c_contiguous
+                                or out.dtype != np.result_type(x.dtype, y.dtype)):
+            raise ShapeError(f"axpby: out must be C-contiguous, shaped {tuple(x.shape)} and of "
+                             f"{np.result_type(x.dtype, y.dtype)}, got {tuple(out.shape)} of "
+                             f"{out.dtype}")
         x, y = self._pair(x, y)
         t = x.dtype.type
-        out = self.empty(x.shape, x.dtype)
+        if out is None:
+            out = self.empty(x.shape, x.dtype)
         self._launch_flat(ew.axpby, x.size, t(alpha), x.reshape(-1), t(beta), y.reshape(-1),
                           out.reshape(-1))
         return out
@@ -236,9 +318,15 @@ class CUDABackend(Backend):
     # ---- dropout ------------------------------------------------------------
     def dropout_mask(self, shape, p, seed, counter, dtype):
         key, threshold = dropout_key.key_and_threshold(p, seed, counter)
+        return self.dropout_mask_keyed(shape, p, self.asarray(np.array([key, threshold])), dtype)
+
+    def dropout_mask_keyed(self, shape, p, keys, dtype):
+        if tuple(keys.shape) != (2,) or keys.dtype != np.uint64:
+            raise ShapeError(f"dropout_mask_keyed: keys must be (2,) uint64 [key, threshold], "
+                             f"got shape {tuple(keys.shape)} of {keys.dtype}")
         out = self.empty(tuple(shape), dtype)
         flat = out.reshape(-1)
-        self._launch_flat(dk.dropout_mask, flat.size, flat, key, threshold,
+        self._launch_flat(dk.dropout_mask, flat.size, flat, keys,
                           np.dtype(dtype).type(1.0 / (1.0 - p)))
         return out
 
@@ -253,6 +341,10 @@ class CUDABackend(Backend):
     def augment_affine(self, x, theta, fill=0.0, nearest=False):
         from . import cuda_augment
         return cuda_augment.augment_affine(self, x, theta, fill, nearest)
+
+    def augment_affine_device(self, x, theta, fill=0.0, nearest=False):
+        from . import cuda_augment
+        return cuda_augment.augment_affine_device(self, x, theta, fill, nearest)
 
     # ---- batch normalization (kernels and launches in cuda_bn.py) -------------
     def batchnorm_stats(self, x):
@@ -324,19 +416,21 @@ class CUDABackend(Backend):
         return out
 
     # ---- losses ------------------------------------------------------------
-    def softmax_cross_entropy(self, logits, labels):
+    def softmax_cross_entropy(self, logits, labels, reduce=True):
         if logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
             raise ShapeError(f"softmax_cross_entropy: logits must be (N, C) and labels (N,), got "
                              f"logits of shape {tuple(logits.shape)} and labels of shape "
                              f"{tuple(labels.shape)}")
         n, c = logits.shape
-        if isinstance(labels, np.ndarray):  # on the host: checking is free
+        if isinstance(labels, np.ndarray) and self._capture is None:  # host: checking is free
             self._check_index("labels", labels, c, axis=1)
         logits = self._c(logits)
         labels = self._c(labels, np.int64)
         losses = self.empty((n,), logits.dtype)
         grad = self.empty(logits.shape, logits.dtype)
         self._rows(lk.softmax_cross_entropy, n, logits, labels, losses, grad)
+        if not reduce:
+            return losses, grad
         loss = self._mean(losses)
         if loss != loss:  # NaN: find out whether a label caused it (kernels cannot raise)
             self._check_index("labels", self.to_numpy(labels), c, axis=1)
@@ -350,14 +444,14 @@ class CUDABackend(Backend):
         grad = self.empty(pred.shape, pred.dtype)
         return pred, target, losses, grad
 
-    def mse(self, pred, target):
+    def mse(self, pred, target, reduce=True):
         pred, target, losses, grad = self._elementwise_loss("mse", pred, target)
         t = pred.dtype.type
         self._launch_flat(lk.mse, pred.size, pred.reshape(-1), target.reshape(-1), losses,
                           grad.reshape(-1), t(2.0 / pred.size))
-        return self._mean(losses), grad
+        return (self._mean(losses) if reduce else losses), grad
 
-    def binary_cross_entropy(self, pred, target, from_logits=False):
+    def binary_cross_entropy(self, pred, target, from_logits=False, reduce=True):
         pred, target, losses, grad = self._elementwise_loss("binary_cross_entropy", pred, target)
         t = pred.dtype.type
         args = (pred.reshape(-1), target.reshape(-1), losses, grad.reshape(-1))
@@ -366,74 +460,34 @@ class CUDABackend(Backend):
         else:
             self._launch_flat(lk.binary_cross_entropy, pred.size, *args,
                               t(BCE_EPS), t(1 - BCE_EPS), t(pred.size))
-        return self._mean(losses), grad
+        return (self._mean(losses) if reduce else losses), grad
 
-    # ---- optimizer: one fused kernel per update (kernels/optim.py) ----------
-    def _update_args(self, op, param, grad, **slots):
-        """Checks, then (flat param, flat grad of param's dtype, scalar type)."""
-        self._check_state(op, param, grad, **slots)
-        return param.reshape(-1), self._c(grad, param.dtype).reshape(-1), param.dtype.type
-
+    # ---- optimizer: one fused kernel per update (launches in cuda_optim.py) --
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0,
-                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0):
-        if momentum != 0.0 and velocity is None:
-            raise ShapeError("sgd_update with momentum needs a velocity array, got None")
-        p, g, t = self._update_args("sgd_update", param, grad, velocity=velocity)
-        reg = (t(weight_decay), t(l1), t(grad_scale))
-        if momentum == 0.0:
-            self._launch_flat(ok.sgd, p.size, p, g, t(lr), *reg)
-            return
-        self._launch_flat(ok.sgd_momentum, p.size, p, g, velocity.reshape(-1), t(lr),
-                          t(momentum), *reg, bool(nesterov))
+                   nesterov=False, weight_decay=0.0, l1=0.0, grad_scale=1.0, hyper=None):
+        cuda_optim.sgd_update(self, param, grad, velocity, lr, momentum, nesterov,
+                              weight_decay, l1, grad_scale, hyper)
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, step,
-                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0):
-        p, g, t = self._update_args("adam_update", param, grad, m=m, v=v)
-        coupled, decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
-        self._launch_flat(ok.adam, p.size, p, g, m.reshape(-1), v.reshape(-1),
-                          t(lr / (1.0 - beta1 ** step)), t(beta1), t(1.0 - beta1), t(beta2),
-                          t(1.0 - beta2), t(eps), t(np.sqrt(1.0 - beta2 ** step)), t(coupled),
-                          t(decay), t(l1), t(grad_scale))
+                    weight_decay=0.0, decoupled=False, l1=0.0, grad_scale=1.0, hyper=None):
+        cuda_optim.adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, step,
+                               weight_decay, decoupled, l1, grad_scale, hyper)
 
     def rmsprop_update(self, param, grad, square_avg, buf, lr, alpha, eps, momentum=0.0,
-                       weight_decay=0.0, l1=0.0, grad_scale=1.0):
-        if momentum != 0.0 and buf is None:
-            raise ShapeError("rmsprop_update with momentum needs a buf array, got None")
-        p, g, t = self._update_args("rmsprop_update", param, grad, square_avg=square_avg,
-                                    buf=buf)
-        common = (t(lr), t(alpha), t(1.0 - alpha), t(eps))
-        reg = (t(weight_decay), t(l1), t(grad_scale))
-        if momentum == 0.0:
-            self._launch_flat(ok.rmsprop, p.size, p, g, square_avg.reshape(-1), *common, *reg)
-        else:
-            self._launch_flat(ok.rmsprop_momentum, p.size, p, g, square_avg.reshape(-1),
-                              buf.reshape(-1), *common, t(momentum), *reg)
+                       weight_decay=0.0, l1=0.0, grad_scale=1.0, hyper=None):
+        cuda_optim.rmsprop_update(self, param, grad, square_avg, buf, lr, alpha, eps, momentum,
+                                  weight_decay, l1, grad_scale, hyper)
 
     def adagrad_update(self, param, grad, sum_sq, lr, eps, weight_decay=0.0, l1=0.0,
-                       grad_scale=1.0):
-        p, g, t = self._update_args("adagrad_update", param, grad, sum_sq=sum_sq)
-        self._launch_flat(ok.adagrad, p.size, p, g, sum_sq.reshape(-1), t(lr), t(eps),
-                          t(weight_decay), t(l1), t(grad_scale))
+                       grad_scale=1.0, hyper=None):
+        cuda_optim.adagrad_update(self, param, grad, sum_sq, lr, eps, weight_decay, l1,
+                                  grad_scale, hyper)
 
     def sum_squares(self, arrays):
-        """Per dtype: each array's block partials into its slice of one buffer
-        (sum_squares), the buffer summed by one block (sum_1d), one host read."""
-        groups = {}
-        for a in arrays:
-            if a.size:
-                groups.setdefault(np.dtype(a.dtype), []).append(self._c(a).reshape(-1))
-        total = 0.0
-        for dtype, flat in groups.items():
-            blocks = [max(1, min(_cdiv(a.size, self._threads), self._max_blocks)) for a in flat]
-            partial = self.empty((sum(blocks),), dtype)
-            out = self.empty((1,), dtype)
-            offset = 0
-            for a, b in zip(flat, blocks):
-                self.launch(ok.sum_squares, b, self._threads, a, partial[offset:offset + b])
-                offset += b
-            self.launch(rk.sum_1d, 1, rk.SUM_THREADS, partial, out)
-            total += float(self.to_numpy(out)[0])
-        return total
+        return cuda_optim.sum_squares(self, arrays)
+
+    def clip_scales(self, grads, clip_norm):
+        return cuda_optim.clip_scales(self, grads, clip_norm)
 
     # ---- data movement and metrics ----------------------------------------
     @staticmethod
@@ -470,3 +524,12 @@ class CUDABackend(Backend):
         out = self.empty((x.shape[0],), np.int64)
         self._rows(rk.argmax_rows, x.shape[0], x, out)
         return out
+
+    def take_rows_at(self, x, perm, offset, count):
+        return cuda_steps.take_rows_at(self, x, perm, offset, count)
+
+    def metric_add(self, metrics, slot, values, factor=1.0, last=-1):
+        cuda_steps.metric_add(self, metrics, slot, values, factor, last)
+
+    def correct_flags(self, pred, target, kind, threshold=0.5):
+        return cuda_steps.correct_flags(self, pred, target, kind, threshold)

@@ -206,7 +206,7 @@ def add_channel_bias(be, y, b):
     else:  # in place on a view: work on a contiguous copy, then write it back
         tmp = be._c(y)
         be._launch_flat(ew.add_channel_bias, tmp.size, tmp.reshape(-1), b, hw)
-        y[...] = tmp
+        be._assign(y, tmp)
 
 
 def sum_channels(be, g):

@@ -28,6 +28,11 @@ def key_and_threshold(p, seed, counter):
 def mask(shape, p, seed, counter, dtype):
     """1 / (1 - p) where a unit is kept, 0 where it is dropped."""
     key, threshold = key_and_threshold(p, seed, counter)
+    return mask_from_key(shape, p, key, threshold, dtype)
+
+
+def mask_from_key(shape, p, key, threshold, dtype):
+    """mask() for a draw's (key, threshold) from key_and_threshold."""
     n = int(np.prod(shape))
     with np.errstate(over="ignore"):
         z = mix(key + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * GOLDEN)

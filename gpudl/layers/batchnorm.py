@@ -69,9 +69,10 @@ class BatchNorm(Layer):
             mean, var = be.batchnorm_stats(x4)
             y, invstd = be.batchnorm_forward(x4, mean, var, g, b, self.eps)
             mom = self.momentum
-            self.buffers["running_mean"] = be.axpby(1 - mom, self.buffers["running_mean"], mom, mean)
-            self.buffers["running_var"] = be.axpby(1 - mom, self.buffers["running_var"],
-                                                   mom * m / (m - 1), var)
+            # in place: the buffers keep their address, so a captured step updates them
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            be.axpby(1 - mom, rm, mom, mean, out=rm)
+            be.axpby(1 - mom, rv, mom * m / (m - 1), var, out=rv)
             self._saved = (x4, mean, invstd)
         else:
             y, _ = be.batchnorm_forward(x4, self.buffers["running_mean"],

@@ -7,6 +7,9 @@ same seed gives the same masks on every backend, and a run is reproducible.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from ..backend.dropout_key import key_and_threshold
 from .base import Layer, init_rng
 
 
@@ -26,9 +29,16 @@ class Dropout(Layer):
             self._mask = None
             return x
         be = self.backend
-        self._mask = be.dropout_mask(x.shape, self.p, self.seed, self.calls, x.dtype)
-        self.calls += 1
+        # the draw's key enters as a step input: a captured step draws anew each replay
+        keys = be.step_input(self._next_keys)
+        self._mask = be.dropout_mask_keyed(x.shape, self.p, keys, x.dtype)
         return be.multiply(x, self._mask)
+
+    def _next_keys(self):
+        """[key, threshold] of this call's draw (uint64), and the count moves on."""
+        key, threshold = key_and_threshold(self.p, self.seed, self.calls)
+        self.calls += 1
+        return np.array([key, threshold], dtype=np.uint64)
 
     def backward(self, grad, need_input_grad=True):
         return grad if self._mask is None else self.backend.multiply(grad, self._mask)

@@ -33,5 +33,6 @@ def test_kernel_launched_directly(be, cpu):
     from gpudl.backend import dropout_key
     key, threshold = dropout_key.key_and_threshold(0.5, 42, 3)
     out = be.asarray(np.full(50, np.nan, np.float32))
-    be.launch(dk.dropout_mask, 2, 8, out, key, threshold, np.float32(2.0))
+    keys = be.asarray(np.array([key, threshold], np.uint64))
+    be.launch(dk.dropout_mask, 2, 8, out, keys, np.float32(2.0))
     np.testing.assert_array_equal(host(be, out), cpu.dropout_mask((50,), 0.5, 42, 3, np.float32))
