@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one script to run on a machine with an NVIDIA GPU (CuPy, numba-cuda and
 # PyTorch installed; no network needed). Steps, each under its own timeout,
-# all inside GPU_CHECK_BUDGET seconds (default 420: with the kill grace of
-# each timeout the whole script stays under 8 minutes):
+# all inside GPU_CHECK_BUDGET seconds (default 500: with the kill grace of
+# the last timeout and the summary the whole script stays under 9 minutes):
 #   1. environment: nvidia-smi, wheels carried in .whl/ (installed to a
 #      private folder on PYTHONPATH), gpudl installed without dependencies
 #   2. tests/cuda on the real GPU: every kernel against the CPU reference
@@ -10,17 +10,22 @@
 #      (benchmarks/sanitize_step.py); skipped, saying so, if not found
 #   4. the benchmark suite: python -m benchmarks --device cuda (groups gemm
 #      conv memory train, kernel-version sweeps), JSON + RESULTS-gpu.md
-#   5. the main job, gpudl train --device cuda, if time is left
+#   5. the step benchmark: python -m benchmarks.graph_step --device cuda
+#      (lenet, resnet, MLP: gpudl eager and CUDA graph vs PyTorch eager and
+#      CUDA graph, each checked first; gpudl train cuda vs cpu wall time)
+#   6. the launch-overhead benchmark (benchmarks/launch_overhead.py, if present)
+#   7. the main job, gpudl train --device cuda, if time is left
 # and prints a short table last. Everything goes to $OUT (else
 # ./gpu-check-out): gpu-check.log (the full log), sanitizer.log, bench.json,
-# RESULTS-gpu.md (the entry to append to benchmarks/RESULTS.md), train-gpu.json.
-# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_SAN T_BENCH T_TRAIN (seconds),
+# RESULTS-gpu.md (the entry to append to benchmarks/RESULTS.md), graph-step.json,
+# launch.json, train-gpu.json.
+# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_SAN T_BENCH T_STEP T_LAUNCH T_TRAIN (seconds),
 # GPU_CHECK_GROUPS ("gemm conv memory train"), GPU_CHECK_WORKERS (pytest -n, 0 = off),
 # GPU_CHECK_CPU=1 (also the CPU test suite), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
-BUDGET=${GPU_CHECK_BUDGET:-420}
+BUDGET=${GPU_CHECK_BUDGET:-500}
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 GPUDL_RESULTS_MD="$OUT/RESULTS-gpu.md"
@@ -110,7 +115,8 @@ else
 fi
 
 step "benchmarks: python -m benchmarks --device cuda"
-T=$(limit ${T_BENCH:-240} 15)
+# reserve: 30 s for the step benchmark, 15 for launch overhead, 15 for the main job
+T=$(limit ${T_BENCH:-240} 60)
 GROUPS_=${GPU_CHECK_GROUPS:-gemm conv memory train}
 if (( T < 40 )); then
   echo "benchmarks SKIPPED: out of time"; bench_rc="skipped (time)"
@@ -119,6 +125,31 @@ else
   timeout -k 10 $T $PY -m benchmarks --device cuda --groups $GROUPS_ --budget $(( T - 20 )) \
     --json "$OUT/bench.json" 2>&1 | grep -v '^    baseline' | tail -120
   bench_rc=${PIPESTATUS[0]}; [ "$bench_rc" = 0 ] || status=1
+fi
+
+step "step benchmark: python -m benchmarks.graph_step --device cuda"
+T=$(limit ${T_STEP:-90} 35)
+if (( T < 30 )); then
+  echo "step benchmark SKIPPED: out of time"; gstep_rc="skipped (time)"
+else
+  # --budget: cases not started 15 s before the hard limit are reported as
+  # skipped; the gpudl train cuda/cpu runs at its end get what is left
+  timeout -k 10 $T $PY -m benchmarks.graph_step --device cuda --budget $(( T - 15 )) \
+    --json "$OUT/graph-step.json" 2>&1 | tail -40
+  gstep_rc=${PIPESTATUS[0]}; [ "$gstep_rc" = 0 ] || status=1
+fi
+
+step "launch overhead: python -m benchmarks.launch_overhead"
+if [ ! -f benchmarks/launch_overhead.py ]; then
+  echo "benchmarks/launch_overhead.py not in this tree: SKIPPED"; launch_rc="skipped (not in tree)"
+else
+  T=$(limit ${T_LAUNCH:-45} 20)
+  if (( T < 15 )); then
+    echo "launch overhead SKIPPED: out of time"; launch_rc="skipped (time)"
+  else
+    timeout -k 5 $T $PY -m benchmarks.launch_overhead --json "$OUT/launch.json" 2>&1 | tail -30
+    launch_rc=${PIPESTATUS[0]}; [ "$launch_rc" = 0 ] || status=1
+  fi
 fi
 
 step "main job on the GPU: gpudl train --device cuda"
@@ -135,9 +166,19 @@ printf '%-34s %s\n' "GPU tests (tests/cuda)" "$(rcword "$gpu_rc")" \
   "CPU suite" "$(rcword "$cpu_rc")" \
   "memcheck (short training run)" "$(rcword "$san_rc")" \
   "benchmarks (python -m benchmarks)" "$(rcword "$bench_rc" ok)" \
+  "step benchmark (graph_step)" "$(rcword "$gstep_rc" ok)" \
+  "launch overhead" "$(rcword "$launch_rc" ok)" \
   "gpudl train --device cuda" "$(rcword "$train_rc")"
 [ -f "$OUT/train-gpu.json" ] && $PY -c "import json;m=json.load(open('$OUT/train-gpu.json'));print(f\"train: test accuracy {m['test_accuracy']:.4f} in {m['seconds']:.1f} s on {m['device_name']}\")"
 [ -f "$OUT/bench.json" ] && $PY -m benchmarks.summary "$OUT/bench.json"
+[ -f "$OUT/graph-step.json" ] && $PY -c "
+import json
+d = json.load(open('$OUT/graph-step.json'))
+for r in d['rows']:  # model, batch, 4 times, 3 ratios (gpudl/torch time)
+    print(f'step {r[0]} b{r[1]}: ms gpudl eager {r[2]} graph {r[3]}, torch eager {r[4]} graph {r[5]}; '
+          f'gpudl graph/torch eager {r[6]}, /torch graph {r[7]}, gpudl eager/torch eager {r[8]}')
+t, s = d.get('train') or {}, lambda v: f'{v:.1f} s' if isinstance(v, float) else v
+print(f\"gpudl train on digits, wall: --device cuda {s(t.get('cuda'))}, cpu {s(t.get('cpu'))}\")"
 echo "total $(( SECONDS - START )) s; logs in $OUT"
 return $status
 }

@@ -270,10 +270,9 @@ class Trainer:
             if self._perm is None or self._perm.shape[0] != order.shape[0]:
                 self._perm = be.zeros(order.shape, np.int64)
             be.set_array(self._perm, order)
-        if use_graph:  # something a graph baked in changed: capture again
-            fp = graphs.fingerprint(self)
-            if fp != self._fingerprint:
-                self._steps, self._fingerprint = {}, fp
+        if use_graph and self._fingerprint is not None \
+                and graphs.fingerprint(self) != self._fingerprint:
+            self._steps = {}  # something the graphs baked in changed since: capture again
         be.set_array(self._metrics, np.zeros(4))
         batch_hooks = any(graphs._batch_hooks(cb) for cb in self.callbacks)
         starts = list(range(0, n, bs)) + [n]
@@ -305,6 +304,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{m[0] / seen:.4f}")
                 if self.stop_training:
                     break
+            if use_graph:  # as the graphs saw it; epoch-end callbacks may change it
+                self._fingerprint = graphs.fingerprint(self)
             m = self._read_metrics()
             if checked < batch + 1:
                 self._check_loss(float(m[0]), epoch, checked, batch, starts)

@@ -198,7 +198,8 @@ class FastLauncher:
                 array_types = ()
         # Exact types only: a subclass could carry _numba_type_ or its own DLPack.
         self._arrays = frozenset(array_types)
-        self._entries = {}   # (id(kernel), signature key) -> (cuda.core kernel, cooperative, kernel) or _PLAIN
+        # (id(kernel), signature key) -> (cuda.core kernel, cooperative, kernel) or _PLAIN
+        self._entries = {}
         self._configs = {}   # (grid, block, cooperative) -> LaunchConfig
         self._streams = {}   # stream as given -> cuda.core Stream
         self._array_types = {}  # (dtype, ndim, layout) -> numba Array type

@@ -6,8 +6,6 @@ give bit for bit the weights, optimizer state, batch-norm statistics, losses
 and host counters of N eager steps. On a real GPU the same tests run with
 CUDA graphs.
 """
-import copy
-
 import numpy as np
 import pytest
 
@@ -65,24 +63,23 @@ def test_replayed_steps_equal_eager_steps_bit_for_bit(tmp_path):
     """Dropout, augmentation, batch norm, Adam with clipping and a warm-up +
     cosine schedule; batches of 4, 4 and 2 (the last, smaller one gets its
     own graph); then a run cut after epoch 2 and resumed, also captured."""
-    eager = _trainer(_model())
-    start = copy.deepcopy(eager.model)
+    eager = _trainer(_model())  # every _model() starts from the same seeded weights
     h_eager = _fit(eager, 3, False)
 
-    graphed = _trainer(copy.deepcopy(start))
+    graphed = _trainer(_model())
     h_graph = _fit(graphed, 3, True)
     assert graphed.graph_info["captured"] is True
     assert graphed.graph_info["steps"] == {4: "replayed", 2: "replayed"}
     assert h_graph["loss"] == h_eager["loss"] and h_graph["accuracy"] == h_eager["accuracy"]
     _assert_same(_state(graphed), _state(eager))
     # the run really trained, and dropout and the schedule really moved
-    assert not np.array_equal(_state(graphed)["layers.5.W"], start.state_arrays()["layers.5.W"])
+    assert not np.array_equal(_state(graphed)["layers.5.W"], _model().state_arrays()["layers.5.W"])
     assert _state(graphed)["dropout_calls"][0] == 9
 
     path = tmp_path / "ck.npz"
-    first = _trainer(copy.deepcopy(start))
+    first = _trainer(_model())
     _fit(first, 2, True, callbacks=[ModelCheckpoint(path)])
-    resumed = _trainer(copy.deepcopy(start))
+    resumed = _trainer(_model())
     h_res = _fit(resumed, 3, True, callbacks=[ModelCheckpoint(path)], resume_from=path)
     assert h_res["loss"] == h_eager["loss"]
     _assert_same(_state(resumed), _state(eager))
@@ -94,10 +91,9 @@ def test_a_changed_setting_is_captured_again():
     def bump(epoch, logs, trainer_box):
         trainer_box[0].model.layers[3].p = 0.5
     runs = []
-    start = _model()
     for graph in (False, True):
         box = []
-        t = _trainer(copy.deepcopy(start))
+        t = _trainer(_model())
         box.append(t)
         _fit(t, 2, graph, callbacks=[LambdaCallback(on_epoch_end=lambda e, logs: bump(e, logs, box))])
         runs.append(_state(t))
