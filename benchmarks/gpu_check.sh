@@ -5,7 +5,8 @@
 # the last timeout and the summary the whole script stays under 9 minutes):
 #   1. environment: nvidia-smi, wheels carried in .whl/ (installed to a
 #      private folder on PYTHONPATH), gpudl installed without dependencies
-#   2. tests/cuda on the real GPU: every kernel against the CPU reference
+#   2. tests/cuda on the real GPU: every kernel against the CPU reference, then the
+#      training and graph tests again with GPUDL_FAST_LAUNCH=1 (the opt-in cheap launch)
 #   3. compute-sanitizer memcheck on one short training run
 #      (benchmarks/sanitize_step.py); skipped, saying so, if not found
 #   4. the benchmark suite: python -m benchmarks --device cuda (groups gemm
@@ -19,7 +20,7 @@
 # ./gpu-check-out): gpu-check.log (the full log), sanitizer.log, bench.json,
 # RESULTS-gpu.md (the entry to append to benchmarks/RESULTS.md), graph-step.json,
 # launch.json, train-gpu.json.
-# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_SAN T_BENCH T_STEP T_LAUNCH T_TRAIN (seconds),
+# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_FAST T_SAN T_BENCH T_STEP T_LAUNCH T_TRAIN (seconds),
 # GPU_CHECK_GROUPS ("gemm conv memory train"), GPU_CHECK_WORKERS (pytest -n, 0 = off),
 # GPU_CHECK_CPU=1 (also the CPU test suite), PYTHON.
 set -uo pipefail
@@ -69,6 +70,14 @@ gpu_rc=${PIPESTATUS[0]}
 # every test skipped means no GPU was seen: that is a failure here
 [ "$gpu_rc" = 0 ] && ! tail -1 /tmp/gpu-check-tests.log | grep -q " passed" && gpu_rc="no test ran on a GPU"
 [ "$gpu_rc" = 0 ] || status=1
+fast_rc=skipped
+T=$(limit ${T_FAST:-60} 180)
+if (( T >= 30 )); then  # the opt-in cheap launch (gpudl/backend/fastlaunch.py) on the training paths
+  echo "--- GPUDL_FAST_LAUNCH=1: training-step, zoo-step and graph-replay tests"
+  GPUDL_FAST_LAUNCH=1 timeout -k 10 $T $PY -m pytest -q -p no:cacheprovider "${XDIST[@]}" \
+    tests/cuda/test_training_step.py tests/cuda/test_zoo_step.py tests/cuda/test_graph_replay.py 2>&1 | tail -8
+  fast_rc=${PIPESTATUS[0]}; [ "$fast_rc" = 0 ] || status=1
+fi
 cpu_rc=skipped
 if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then  # CI runs the CPU suite; here only on request
   timeout -k 10 $(limit 300 150) $PY -m pytest -q -p no:cacheprovider tests --ignore=tests/cuda 2>&1 | tail -5
@@ -163,6 +172,7 @@ fi
 
 step "summary"
 printf '%-34s %s\n' "GPU tests (tests/cuda)" "$(rcword "$gpu_rc")" \
+  "GPU tests, GPUDL_FAST_LAUNCH=1" "$(rcword "$fast_rc")" \
   "CPU suite" "$(rcword "$cpu_rc")" \
   "memcheck (short training run)" "$(rcword "$san_rc")" \
   "benchmarks (python -m benchmarks)" "$(rcword "$bench_rc" ok)" \

@@ -397,6 +397,24 @@ def test_requested_only_by_env_and_never_under_the_simulator(monkeypatch):
     assert not fl.requested(simulator=True)
 
 
+
+def test_backend_sends_every_launch_through_the_launcher_when_requested(monkeypatch):
+    from gpudl.backend import cuda as cuda_backend
+    seen = []
+
+    class Recorder:
+        def launch(self, kernel, grid, block, stream, args):
+            seen.append((kernel, grid, block, len(args)))
+
+    monkeypatch.setattr(fl, "requested", lambda simulator: True)
+    monkeypatch.setattr(fl, "FastLauncher", Recorder)
+    be = cuda_backend.CUDABackend(simulator=True)  # host arrays; nothing really launches
+    be.relu(np.ones(8, np.float32))
+    assert seen and seen[0][0] is ew.relu and seen[0][3] == 2
+
+    monkeypatch.setattr(fl, "requested", lambda simulator: False)
+    assert cuda_backend.CUDABackend(simulator=True)._fast is None
+
 # ---- the derived signature compiles (what the first, plain launch would run) ---
 
 @pytest.mark.parametrize("kernel,args", [
