@@ -7,6 +7,10 @@
     matmul_blocked  64x64 block tile, 4x4 outputs per thread held in registers:
                     each shared-memory value read feeds 4 multiply-adds
                     instead of 1. The default (MATMUL_DEFAULT).
+    matmul_warp     128x128 block tile split among warps, 8x8 outputs per
+                    thread, double-buffered k-slabs (kernels/matmul_warp.py,
+                    the simulator twin of kernels/cu/sgemm.cu). Not the
+                    default until a GPU run has checked and timed it.
 
 Shapes: op(A) is (M, K), op(B) is (K, N), C is (M, N), all C-contiguous.
 A is stored (M, K), or (K, M) when trans_a; B is (K, N), or (N, K) when
@@ -16,6 +20,8 @@ is copied. Each version exists for all four (trans_a, trans_b) pairs: the
 flags are closure constants, so numba compiles four branch-free kernels.
 """
 from numba import cuda
+
+from . import matmul_warp
 
 TILE = 16  # matmul_tiled: block is TILE x TILE threads, tile is TILE x TILE
 # Shared rows one longer than the tile: a transposed load writes a column,
@@ -206,6 +212,7 @@ KERNELS = {
     "naive": {v: _make_naive(*f) for v, f in _VARIANTS.items()},
     "tiled": {v: _make_tiled(*f) for v, f in _VARIANTS.items()},
     "blocked": {v: _make_blocked(*f) for v, f in _VARIANTS.items()},
+    "warp": {v: matmul_warp.make_warp(*f) for v, f in _VARIANTS.items()},
 }
 MATMUL_DEFAULT = "blocked"
 
@@ -218,5 +225,7 @@ def launch_config(version, m, n):
     """(grid, block) for C of shape (m, n); grid x walks columns."""
     if version in ("naive", "tiled"):
         return (_cdiv(n, TILE), _cdiv(m, TILE)), (TILE, TILE)
+    if version == "warp":
+        return matmul_warp.launch_config(m, n)
     return (_cdiv(n, BN), _cdiv(m, BM)), (TX, TY)
 
