@@ -84,3 +84,81 @@ def test_smoke_sass_has_tensor_core_op():
     ops = cuda_cpp.opcodes(by_kernel["smoke_mma_tf32"])
     assert "HMMA" in ops and "EXIT" in ops
     assert "LDSM" not in ops  # the smoke kernel reads registers: the opcode scan is not vacuous
+
+
+# ---- kernels/cu/gemm_mma.cu: the tensor-core GEMM ----------------------------------
+from gpudl.kernels import gemm_mma  # noqa: E402
+
+GEMM_NAMES = gemm_mma.names()
+_HMMA = {"tf32": "HMMA.1688.F32.TF32", "bf16": "HMMA.16816.F32.BF16", "fp16": "HMMA.16816.F32"}
+
+
+def _gemm_cases():
+    return [(p, v) for p in gemm_mma.ELEM for v in gemm_mma.VARIANTS]
+
+
+@pytest.fixture(scope="module")
+def gemm_ptxas(pytestconfig):
+    rows = cuda_cpp.ptxas_report(gemm_mma.compile("ptx"))
+    table = [f"{'kernel':16} {'regs':>5} {'static smem':>12} {'dynamic smem':>13} {'stack':>6} "
+             f"{'spill st/ld':>12}"]
+    for p, v in _gemm_cases():
+        r = rows.get(gemm_mma.kernel_name(p, v), {})
+        table.append(f"{gemm_mma.kernel_name(p, v):16} {r.get('registers', '?'):>5} "
+                     f"{r.get('smem', '?'):>12} {gemm_mma.smem_bytes(p, v):>13} "
+                     f"{r.get('stack', '?'):>6} "
+                     f"{str(r.get('spill_stores', '?')) + '/' + str(r.get('spill_loads', '?')):>12}")
+    reports = getattr(pytestconfig, "gpudl_reports", [])
+    reports.append(("gemm_mma.cu for sm_90 (ptxas -v; dynamic smem from the launcher)",
+                    "\n".join(table)))
+    pytestconfig.gpudl_reports = reports
+    return rows
+
+
+@pytest.fixture(scope="module")
+def gemm_sass():
+    return cuda_cpp.sass_by_kernel(gemm_mma.compile("cubin"))
+
+
+@needs_nvrtc
+def test_gemm_needs_the_launchers_tiling():
+    # Compiled without gemm_mma's -D options it must refuse, not guess a tiling.
+    with pytest.raises(cuda_cpp.CompileError, match="passes the tiling as -D options"):
+        cuda_cpp.compile("gemm_mma", target="ptx")
+
+
+@needs_nvrtc
+def test_gemm_kernel_list(gemm_ptxas):
+    assert sorted(gemm_ptxas) == sorted(GEMM_NAMES)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("prec,variant", _gemm_cases())
+def test_gemm_ptxas(gemm_ptxas, prec, variant):
+    row = gemm_ptxas[gemm_mma.kernel_name(prec, variant)]
+    assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row["log"]
+    assert row["stack"] == 0, row["log"]
+    # __launch_bounds__(THREADS): a whole block's registers fit one SM's 64K
+    assert 0 < row["registers"] * gemm_mma.THREADS <= 65536, row["log"]
+    assert row["smem"] == 0, "the tiles live in dynamic shared memory, sized by the launcher"
+    assert gemm_mma.smem_bytes(prec, variant) <= gemm_mma.SMEM_LIMIT
+
+
+@needs_nvrtc
+@needs_nvdisasm
+@pytest.mark.parametrize("prec,variant", _gemm_cases())
+def test_gemm_sass(gemm_sass, prec, variant):
+    text = gemm_sass[gemm_mma.kernel_name(prec, variant)]
+    ops = cuda_cpp.opcodes(text)
+    assert _HMMA[prec] + " " in text, f"no {_HMMA[prec]} (tensor cores)"
+    assert "LDGSTS" in ops, "no cp.async (LDGSTS)"
+    assert "LDL" not in ops and "STL" not in ops, "local memory in use"
+    # ldmatrix where an operand allows it: K-major slabs without .trans
+    # (M88), MN-major 16-bit slabs with .trans (MT88). TF32 MN-major slabs
+    # are read with 32-bit LDS (.trans would split each float), so
+    # gemm_tf32_tn has no ldmatrix at all.
+    ta, tb = gemm_mma.VARIANTS[variant]
+    k_major = (not ta) or tb
+    mn_major_16 = gemm_mma.ELEM[prec] == 2 and (ta or not tb)
+    assert ("LDSM.16.M88.4 " in text) == k_major
+    assert ("LDSM.16.MT88.4 " in text) == mn_major_16

@@ -1,0 +1,97 @@
+"""Tensor-core GEMM (kernels/cu/gemm_mma.cu) against float64 products of the
+rounded inputs, every precision and transposition.
+
+In the simulator the numba twin runs: the .cu kernel's tile loader, shared
+layout, stage ring, ldmatrix lane addressing, mma fragment layouts and
+epilogue, with the warp's register exchanges done through shared memory. On
+a real GPU the .cu kernel itself runs through CuPy on the same problems.
+Shapes are not multiples of the 128x128 block tile or of the k-slab; the
+dimensions that are stored rows are multiples of 16 bytes, as cp.async
+needs (gemm_mma.unsupported refuses the others, tested below).
+"""
+import numpy as np
+import pytest
+
+from cudatest import SIM, big, check, poison_fill, rand
+from gpudl.kernels import gemm_mma as gm
+from gpudl.precision import round_to
+
+PRECS = list(gm.ELEM)
+VARIANTS = list(gm.VARIANTS)
+
+# (variant, m, n, k): the free dimensions odd, the row dimensions aligned but
+# off the tile; k = 40 is 2 slabs of 16-bit data or 3 of TF32 (a K tail in both).
+SHAPES = {"nn": (70, 48, 40), "nt": (70, 45, 40), "tn": (72, 48, 40), "tt": (72, 45, 40)}
+
+
+def operands(seed, prec, variant, m, n, k):
+    ta, tb = gm.VARIANTS[variant]
+    a = round_to(rand(seed, (k, m) if ta else (m, k)), prec)
+    b = round_to(rand(seed + 1, (n, k) if tb else (k, n)), prec)
+    return a, b, ta, tb
+
+
+def reference(a, b, ta, tb):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return ((a64.T if ta else a64) @ (b64.T if tb else b64)).astype(np.float32)
+
+
+def stored(x, prec):
+    """The array the .cu kernel reads: float32, BF16 bits or half."""
+    if prec == "bf16":
+        return (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16)  # exact: x is rounded
+    return x.astype(gm.STORAGE[prec])
+
+
+def run(prec, variant, m, n, k, seed):
+    assert gm.unsupported(prec, variant, m, n, k) is None
+    a, b, ta, tb = operands(seed, prec, variant, m, n, k)
+    c = poison_fill((m, n), np.float32)
+    grid, block = gm.launch_config(m, n)
+    if SIM:
+        gm.TWINS[prec][variant][grid, block](a, b, c)
+        got = c
+    else:
+        import cupy
+        dc = cupy.asarray(c)
+        gm.launch(cupy.asarray(stored(a, prec)), cupy.asarray(stored(b, prec)), dc, ta, tb, prec)
+        got = cupy.asnumpy(dc)
+    # Products of rounded values are exact in FP32; only the FP32 sums round
+    # (the tensor core's internal order and truncation differ from a loop's).
+    check(got, reference(a, b, ta, tb), rtol=1e-4, atol=2e-6 * k)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("prec", PRECS)
+def test_off_tile(prec, variant):
+    run(prec, variant, *SHAPES[variant], seed=hash((prec, variant)) % 1000)
+
+
+# More slabs than stages, so the ring wraps (TF32: 5 slabs of 16; 16-bit: 5 of
+# 32), and on a GPU several block tiles in both directions and real sizes.
+DEEP = [("tf32", "tn", 12, 20, 72), ("bf16", "nt", 5, 3, 136), ("fp16", "nn", 3, 8, 136)] + big(
+    *[(p, v, 1000, 1032, 1024) for p in PRECS for v in VARIANTS],
+    ("bf16", "nt", 4097, 129, 264), ("tf32", "nt", 257, 4100, 72))
+
+
+@pytest.mark.parametrize("prec,variant,m,n,k", DEEP)
+def test_deep_and_large(prec, variant, m, n, k):
+    run(prec, variant, m, n, k, seed=m + n + k)
+
+
+def test_alignment_rules():
+    # Stored rows must be whole 16-byte chunks: 8 halves or 4 floats.
+    assert gm.unsupported("bf16", "nn", 70, 45, 40) is not None   # B (K, N): 45 halves a row
+    assert gm.unsupported("bf16", "nt", 70, 45, 40) is None       # A and B rows are K long
+    assert gm.unsupported("bf16", "tn", 70, 48, 40) is not None   # A (K, M): 70 halves
+    assert gm.unsupported("tf32", "tn", 68, 44, 3) is None
+    assert gm.unsupported("tf32", "nt", 68, 44, 6) is not None
+    assert gm.unsupported("fp16", "nt", 8, 8, 8, pointers=(0x1000, 0x1008)) is not None
+    with pytest.raises(ValueError, match="precision"):
+        gm.unsupported("fp8", "nn", 8, 8, 8)
+
+
+def test_shared_memory_fits():
+    for prec in PRECS:
+        for variant in VARIANTS:
+            assert 48 * 1024 < gm.smem_bytes(prec, variant) <= gm.SMEM_LIMIT
