@@ -12,7 +12,7 @@ needs (gemm_mma.unsupported refuses the others, tested below).
 import numpy as np
 import pytest
 
-from cudatest import SIM, big, check, poison_fill, rand
+from cudatest import SIM, big, check, host, poison_fill, poisoned, rand
 from gpudl.kernels import gemm_mma as gm
 from gpudl.precision import round_to
 
@@ -95,3 +95,41 @@ def test_shared_memory_fits():
     for prec in PRECS:
         for variant in VARIANTS:
             assert 48 * 1024 < gm.smem_bytes(prec, variant) <= gm.SMEM_LIMIT
+
+
+# ---- the backend hook (gpudl/backend/cuda_mma.py, called by cuda_lowp.matmul) --------
+def test_backend_tensor_core_path(be):
+    from gpudl.backend import cuda_mma
+    m, n, k = 33, 17, 24
+    a, b, ta, tb = operands(5, "bf16", "nt", m, n, k)
+    with poisoned(be):
+        got = cuda_mma.matmul(be, be.asarray(a), be.asarray(b), ta, tb, "bf16")
+    assert got is not None, "the tensor-core path declined an aligned problem"
+    check(host(be, got), reference(a, b, ta, tb), rtol=1e-4, atol=2e-6 * k)
+    # rows of 17 halves cannot be cp.async'd: declined, for the FP32 path to take
+    a, b, ta, tb = operands(6, "bf16", "nn", m, n, k)
+    assert cuda_mma.matmul(be, be.asarray(a), be.asarray(b), ta, tb, "bf16") is None
+
+
+def test_lowp_matmul_uses_tensor_cores_when_enabled(be, monkeypatch):
+    cuda_lowp = pytest.importorskip("gpudl.backend.cuda_lowp")
+    from gpudl.backend import cuda_mma
+    calls = []
+    real = cuda_mma.matmul
+
+    def spy(*args):
+        out = real(*args)
+        calls.append(out is not None)  # False: declined, FP32 path
+        return out
+    monkeypatch.setattr(cuda_mma, "matmul", spy)
+    m, n, k = 20, 9, 16
+    a = rand(8, (m, k))
+    b = rand(9, (n, k))
+    ra, rb = round_to(a, "tf32"), round_to(b, "tf32")
+    monkeypatch.delenv("GPUDL_TENSOR_CORES", raising=False)
+    cuda_lowp.matmul(be, be.asarray(a), be.asarray(b), False, True, "tf32")
+    assert calls == []  # off by default
+    monkeypatch.setenv("GPUDL_TENSOR_CORES", "1")
+    got = cuda_lowp.matmul(be, be.asarray(a), be.asarray(b), False, True, "tf32")
+    assert calls == [True]
+    check(host(be, got), reference(ra, rb, False, True), rtol=1e-4, atol=2e-6 * k)

@@ -1,0 +1,55 @@
+"""Tensor-core matmul for the CUDA backend (kernels/gemm_mma.py).
+
+cuda_lowp.matmul calls this, when tensor_cores_enabled() says so, with both
+inputs already rounded to the format (float32 arrays holding TF32, BF16 or
+FP16 values). On a GPU they are narrowed to the 16-bit storage the kernel
+reads (exact: the values are representable) and the CUDA C++ kernel runs;
+under the simulator the numba twin runs on the float32 arrays themselves.
+A problem the kernel cannot take (rows that are not whole 16-byte chunks,
+misaligned bases) returns None, and the caller uses the FP32 kernel on the
+same rounded inputs, which gives the same products.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import gemm_mma as gm
+
+
+def _dims(a, b, trans_a, trans_b):
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    k2, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    return m, n, k, k2
+
+
+def _storage(cp, x, fmt):
+    if fmt == "bf16":  # the top half of a float32 that is already a BF16 value
+        return (x.view(cp.uint32) >> 16).astype(cp.uint16)
+    if fmt == "fp16":
+        return x.astype(cp.float16)
+    return x  # TF32: float32 storage, rounded by cvt.rna in the kernel (a no-op here)
+
+
+def matmul(be, a, b, trans_a, trans_b, fmt):
+    """C = op(a) @ op(b) on tensor cores, or None when the kernel cannot
+    take the problem (the caller then runs the FP32 path)."""
+    if a.ndim != 2 or b.ndim != 2 or a.dtype != np.float32 or b.dtype != np.float32:
+        return None
+    m, n, k, k2 = _dims(a, b, trans_a, trans_b)
+    if k != k2:
+        return None  # the FP32 path raises the backend's usual ShapeError
+    variant = ("t" if trans_a else "n") + ("t" if trans_b else "n")
+    if gm.unsupported(fmt, variant, m, n, k) is not None:
+        return None  # checked on the simulator too, so both devices take the same path
+    a, b = be._c(a), be._c(b)
+    c = be.empty((m, n), np.float32)
+    cp = be._cp
+    if cp is None:  # simulator: the twin reads the rounded float32 values
+        grid, block = gm.launch_config(m, n)
+        be.launch(gm.TWINS[fmt][variant], grid, block, a, b, c)
+        return c
+    sa, sb = _storage(cp, a, fmt), _storage(cp, b, fmt)
+    if gm.unsupported(fmt, variant, m, n, k, (sa.data.ptr, sb.data.ptr)) is not None:
+        return None  # a TF32 view into a larger buffer can start off a 16-byte boundary
+    gm.launch(sa, sb, c, trans_a, trans_b, fmt, stream=cp.cuda.get_current_stream())
+    return c
