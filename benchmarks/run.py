@@ -4,7 +4,8 @@ timed in the same run, one JSON file and one dated RESULTS.md entry.
 
 Groups (each reuses the case tables and helpers of the module named):
   gemm    float32 matrix product, n x n x n. GPU: every kernel version of
-          gpudl.kernels.matmul (naive, tiled, blocked) vs cuBLAS (cupy.matmul,
+          gpudl.kernels.matmul (naive, tiled, blocked, warp) and the CUDA C++
+          kernels/cu/sgemm.cu (benchmarks/sgemm_cpp.py) vs cuBLAS (cupy.matmul,
           TF32 off). CPU: gpudl's CPU backend vs NumPy and PyTorch CPU.
           Reference: the float64 product. (benchmarks/matmul.py)
   conv    the layers of benchmarks/conv.py, forward and backward (dx, dW, db),
@@ -225,6 +226,9 @@ def gemm_cases(ctx):
                                       default=default, version=version,
                                       repeat=max(2, ctx.repeat // 4) if version == "naive"
                                       else None))
+                if ctx.on_gpu and ctx.sweep:  # CUDA C++ needs a real GPU
+                    from .sgemm_cpp import sweep_impls
+                    impls += sweep_impls(Impl, a, b, ref, rel_err)
                 label = ("cuBLAS (cupy.matmul)" if ctx.on_gpu
                          else "NumPy (stands in for cuBLAS under the simulator)")
                 baselines.append(Baseline(label, lambda: xp.matmul(a, b), short="cuBLAS",
