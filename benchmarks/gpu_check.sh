@@ -15,12 +15,15 @@
 #      (lenet, resnet, MLP: gpudl eager and CUDA graph vs PyTorch eager and
 #      CUDA graph, each checked first; gpudl train cuda vs cpu wall time)
 #   6. the launch-overhead benchmark (benchmarks/launch_overhead.py, if present)
-#   7. the main job, gpudl train --device cuda, if time is left
+#   7. the tensor-core GEMM per precision against cuBLAS of the same precision
+#      (benchmarks/gemm_precision.py; its correctness tests ran in step 2)
+#   8. the main job, gpudl train --device cuda, if time is left
 # and prints a short table last. Everything goes to $OUT (else
 # ./gpu-check-out): gpu-check.log (the full log), sanitizer.log, bench.json,
 # RESULTS-gpu.md (the entry to append to benchmarks/RESULTS.md), graph-step.json,
-# launch.json, train-gpu.json.
-# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_FAST T_SAN T_BENCH T_STEP T_LAUNCH T_TRAIN (seconds),
+# launch.json, gemm-precision.json, train-gpu.json.
+# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_FAST T_SAN T_BENCH T_STEP T_LAUNCH T_MMA T_TRAIN
+# (seconds), MMA_SIZES ("1024 2048 4096 8192"),
 # GPU_CHECK_GROUPS ("gemm conv memory train"), GPU_CHECK_WORKERS (pytest -n, 0 = off),
 # GPU_CHECK_CPU=1 (also the CPU test suite), PYTHON.
 set -uo pipefail
@@ -161,6 +164,17 @@ else
   fi
 fi
 
+step "tensor-core GEMM: python -m benchmarks.gemm_precision (TF32, BF16, FP16 vs cuBLAS)"
+T=$(limit ${T_MMA:-60} 20)
+if (( T < 20 )); then
+  echo "tensor-core GEMM benchmark SKIPPED: out of time"; mma_rc="skipped (time)"
+else
+  # each case is checked against FP32 cuBLAS before it is timed; a wrong result fails the step
+  timeout -k 5 $T $PY -m benchmarks.gemm_precision --sizes ${MMA_SIZES:-1024 2048 4096 8192} \
+    --json "$OUT/gemm-precision.json" 2>&1 | tail -25
+  mma_rc=${PIPESTATUS[0]}; [ "$mma_rc" = 0 ] || status=1
+fi
+
 step "main job on the GPU: gpudl train --device cuda"
 T=$(limit ${T_TRAIN:-45} 0)
 if (( T < 20 )); then
@@ -178,6 +192,7 @@ printf '%-34s %s\n' "GPU tests (tests/cuda)" "$(rcword "$gpu_rc")" \
   "benchmarks (python -m benchmarks)" "$(rcword "$bench_rc" ok)" \
   "step benchmark (graph_step)" "$(rcword "$gstep_rc" ok)" \
   "launch overhead" "$(rcword "$launch_rc" ok)" \
+  "tensor-core GEMM (gemm_precision)" "$(rcword "$mma_rc" ok)" \
   "gpudl train --device cuda" "$(rcword "$train_rc")"
 [ -f "$OUT/train-gpu.json" ] && $PY -c "import json;m=json.load(open('$OUT/train-gpu.json'));print(f\"train: test accuracy {m['test_accuracy']:.4f} in {m['seconds']:.1f} s on {m['device_name']}\")"
 [ -f "$OUT/bench.json" ] && $PY -m benchmarks.summary "$OUT/bench.json"

@@ -128,8 +128,8 @@ def ptxas_report(ptx: str, arch="sm_90") -> dict:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        proc = subprocess.run([ptxas, f"-arch={arch}", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
-                              capture_output=True, text=True)
+        proc = subprocess.run([ptxas, f"-arch={arch}", "-v", src,
+                               "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise CompileError(f"ptxas -arch={arch} failed:\n{log}")

@@ -213,7 +213,8 @@ def _make_twin(prec, ta, tb):
         for i in range(MT):
             row0 = wm0 + 16 * i
             if not ta:
-                addr[w, i, lane] = sa + (row0 + (lane & 15)) * krow + ks + (lane >> 4) * (8 if wide else 4)
+                addr[w, i, lane] = (sa + (row0 + (lane & 15)) * krow + ks
+                                    + (lane >> 4) * (8 if wide else 4))
             elif wide:
                 addr[w, i, lane] = (sa + (ks + (lane & 7) + 8 * (lane >> 4)) * arow
                                     + row0 + 8 * ((lane >> 3) & 1))

@@ -56,7 +56,8 @@ def test_split_ptxas_log():
 
 @needs_nvrtc
 def test_compile_error_carries_the_log(tmp_path, monkeypatch):
-    monkeypatch.setattr(cuda_cpp, "source", lambda name: "__global__ void k() { undeclared_x = 1; }")
+    monkeypatch.setattr(cuda_cpp, "source",
+                        lambda name: "__global__ void k() { undeclared_x = 1; }")
     with pytest.raises(cuda_cpp.CompileError, match="undeclared_x"):
         cuda_cpp.compile("broken", target="ptx")
     with pytest.raises(ValueError, match="target"):
@@ -104,10 +105,10 @@ def gemm_ptxas(pytestconfig):
              f"{'spill st/ld':>12}"]
     for p, v in _gemm_cases():
         r = rows.get(gemm_mma.kernel_name(p, v), {})
+        spill = f"{r.get('spill_stores', '?')}/{r.get('spill_loads', '?')}"
         table.append(f"{gemm_mma.kernel_name(p, v):16} {r.get('registers', '?'):>5} "
                      f"{r.get('smem', '?'):>12} {gemm_mma.smem_bytes(p, v):>13} "
-                     f"{r.get('stack', '?'):>6} "
-                     f"{str(r.get('spill_stores', '?')) + '/' + str(r.get('spill_loads', '?')):>12}")
+                     f"{r.get('stack', '?'):>6} {spill:>12}")
     reports = getattr(pytestconfig, "gpudl_reports", [])
     reports.append(("gemm_mma.cu for sm_90 (ptxas -v; dynamic smem from the launcher)",
                     "\n".join(table)))
