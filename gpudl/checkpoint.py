@@ -43,7 +43,9 @@ def save_checkpoint(path, trainer) -> None:
             "rng": trainer.rng.bit_generator.state,
             "layers": {layer.name: layer.get_state() for layer in model.walk()
                        if layer.get_state()},
-            "callbacks": callbacks}
+            "callbacks": callbacks, "precision": trainer.precision,
+            "loss_scaler": (trainer.loss_scaler.state_dict()
+                            if getattr(trainer, "loss_scaler", None) is not None else None)}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -62,6 +64,12 @@ def restore(trainer, path) -> dict:
     if meta["model"]["layers"] != model.get_config()["layers"]:
         raise CheckpointError(f"{os.fspath(path)!r} was saved from a different model: "
                               f"its layers differ from this trainer's")
+    saved_policy = meta.get("precision", "fp32")
+    if saved_policy != trainer.precision:  # a resumed run is exact only under the same policy
+        raise CheckpointError(f"{os.fspath(path)!r} was trained with precision {saved_policy!r} "
+                              f"but this run uses {trainer.precision!r}: set "
+                              f"gpudl.set_precision({saved_policy!r}) (--precision "
+                              f"{saved_policy}) to resume it")
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     set_state_arrays(model, state, where=os.fspath(path))
@@ -69,6 +77,11 @@ def restore(trainer, path) -> dict:
         meta["optimizer"], {k[len("optimizer."):]: v for k, v in arrays.items()
                             if k.startswith("optimizer.")}, model.backend)
     trainer.rng.bit_generator.state = meta["rng"]
+    if meta.get("loss_scaler") is not None:
+        from .precision import LossScaler
+        if getattr(trainer, "loss_scaler", None) is None:
+            trainer.loss_scaler = LossScaler()
+        trainer.loss_scaler.load_state_dict(meta["loss_scaler"])
     trainer.epoch = int(meta["epoch"])
     trainer.history = {k: list(v) for k, v in meta["history"].items()}
     by_name = {layer.name: layer for layer in model.walk()}

@@ -94,6 +94,10 @@ def blockers(trainer) -> list:
         out.append("distributed training averages gradients through the host (MPI)")
     if _profiled(trainer.model.backend):
         out.append("gpudl.profile is timing every op")
+    from .precision import needs_loss_scaling
+    if needs_loss_scaling(getattr(trainer, "precision", None)):
+        out.append("fp16-mixed loss scaling reads whether the gradients overflowed on the "
+                   "host every step")
     aug = trainer.augment
     if aug is not None and not isinstance(aug, Augment):
         out.append(f"augment {aug!r} is a plain callable, not a gpudl.augment.Augment "

@@ -73,6 +73,24 @@ def _host(x):
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.array(x)
 
 
+def _entries(model):
+    """(state key, layer, param name, param, grad) for every param a step updates."""
+    out = []
+    for i, layer in enumerate(model.layers):
+        if not layer.trainable:
+            continue
+        for name, param in layer.params.items():
+            grad = layer.grads.get(name)
+            if grad is not None:
+                out.append((f"{i}.{name}", layer, name, param, grad))
+    return out
+
+
+def trainable_grads(model):
+    """(layer, grad) for every gradient the optimizer's next step would apply."""
+    return [(e[1], e[4]) for e in _entries(model)]
+
+
 class Optimizer:
     """Updates every trainable layer's params from its grads (see the module
     docstring for lr, weight_decay, l1, decay_all, clip_norm and state)."""
@@ -116,14 +134,7 @@ class Optimizer:
         in one copy and a captured step replays with fresh values; the
         launches read them from there. Clipping's factor is formed on the
         device (Backend.clip_scales): no host read."""
-        entries = []
-        for i, layer in enumerate(model.layers):
-            if not layer.trainable:
-                continue
-            for name, param in layer.params.items():
-                grad = layer.grads.get(name)
-                if grad is not None:
-                    entries.append((f"{i}.{name}", layer, name, param, grad))
+        entries = _entries(model)
         if not entries:
             self.lr  # noqa: B018 -- a bad schedule value is an error even with nothing to update
             self.iterations += 1

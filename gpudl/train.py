@@ -9,6 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import graph as graphs
+from . import precision as prec
 from .callbacks import CallbackList
 from .errors import ShapeError
 from .losses import Loss
@@ -51,9 +52,17 @@ class Trainer:
     for data-parallel training; None (the default) trains in this process
     alone. With one, ``batch_size`` is per rank, each rank trains on its
     shard of every epoch, gradients are averaged before each step, metrics
-    are summed over the ranks and only rank 0 writes files and bars."""
+    are summed over the ranks and only rank 0 writes files and bars.
 
-    def __init__(self, model, loss: Loss, optimizer: Optimizer, distributed=None):
+    ``precision``: "fp32", "tf32", "bf16-mixed" or "fp16-mixed" (see
+    gpudl.precision); None (the default) takes gpudl.get_precision() when
+    fit starts. fit, evaluate and predict run under it. With "fp16-mixed" a
+    ``loss_scaler`` (gpudl.precision.LossScaler, one with the defaults if
+    None) scales the loss gradient; a step whose gradients overflow is
+    skipped and counted in ``trainer.loss_scaler.skipped``."""
+
+    def __init__(self, model, loss: Loss, optimizer: Optimizer, distributed=None,
+                 precision=None, loss_scaler=None):
         if not isinstance(loss, Loss):
             raise TypeError(f"Trainer: loss must be a gpudl.losses.Loss, got {type(loss).__name__}")
         if not isinstance(optimizer, Optimizer):
@@ -66,6 +75,26 @@ class Trainer:
         self._metrics = None     # float64 [loss sum, correct, last batch's loss sum, unused]
         #: the data-parallel context, or None (see gpudl.distributed)
         self.distributed = distributed
+        if precision is not None:
+            prec.check_policy(precision, "Trainer: precision")
+        if loss_scaler is not None and not isinstance(loss_scaler, prec.LossScaler):
+            raise TypeError(f"Trainer: loss_scaler must be a gpudl.precision.LossScaler, "
+                            f"got {type(loss_scaler).__name__}")
+        self._precision = precision
+        self.loss_scaler = loss_scaler
+
+    @property
+    def precision(self) -> str:
+        """The policy this trainer runs under: its own, else the global one."""
+        return self._precision or prec.get_precision()
+
+    def _policy(self):
+        """The trainer's policy for a block (fit, evaluate, predict), with its
+        loss scaler made for fp16-mixed."""
+        policy = self.precision
+        if prec.needs_loss_scaling(policy) and self.loss_scaler is None:
+            self.loss_scaler = prec.LossScaler()
+        return prec.using(policy)
 
     # ---- input checks, all before any work
     def _prepare(self, x, y, what="x"):
@@ -160,7 +189,7 @@ class Trainer:
         if hasattr(self.model, "train"):
             self.model.train()
         try:
-            with self._graph_stream(use_graph):
+            with self._policy(), self._graph_stream(use_graph):
                 self.callbacks.call("on_train_begin", {})
                 if resume_from is not None:
                     from .checkpoint import restore
@@ -208,12 +237,37 @@ class Trainer:
             from .augment import Augment
             step = (lambda: self.step) if isinstance(self.augment, Augment) else self.step
             xb = self.augment(xb, step)
-        out = self.model.forward(xb, training=True)
-        self.loss.accumulate(out, yb, self._metrics)
-        self.model.backward(self.loss.backward(), need_input_grad=False)
+        scaler = self.loss_scaler if prec.needs_loss_scaling(self.precision) else None
+        # FP16 overflows are expected (the scaler handles them): no NumPy warnings
+        with np.errstate(over="ignore", invalid="ignore") if scaler else contextlib.nullcontext():
+            out = self.model.forward(xb, training=True)
+            self.loss.accumulate(out, yb, self._metrics)
+            grad = self.loss.backward()
+            if scaler is not None:
+                grad = be.axpby(scaler.scale, grad, 0.0, grad)
+            self.model.backward(grad, need_input_grad=False)
         if self.distributed is not None:  # hook (b): the mean gradient over the ranks
             self.distributed.average_gradients(self.model)
+        if scaler is not None and not self._unscale(scaler):
+            return  # an overflowed step: skipped, the scale lowered
         self.optimizer.step(self.model)
+
+    def _unscale(self, scaler) -> bool:
+        """Divide the loss scale out of every gradient in place (so clipping
+        and the update see true gradients); False when one holds inf/NaN,
+        which is read back on the host, as PyTorch's GradScaler does."""
+        from .optim import trainable_grads
+        grads = trainable_grads(self.model)
+        inv = 1.0 / scaler.scale
+        total = 0.0
+        for layer, g in grads:
+            layer.backend.axpby(inv, g, 0.0, g, out=g)
+        by_backend = {}
+        for layer, g in grads:
+            by_backend.setdefault(id(layer.backend), (layer.backend, []))[1].append(g)
+        for be, gs in by_backend.values():
+            total += be.sum_squares(gs)
+        return scaler.update(found_inf=not math.isfinite(total))
 
     def _batch_offset(self):
         return np.array([self._batch_start], np.int64)
@@ -335,7 +389,8 @@ class Trainer:
 
     def evaluate(self, x, y, batch_size=256):
         """Mean loss (and accuracy where it applies) in inference mode."""
-        return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+        with self._policy():
+            return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
 
     def _evaluate(self, xd, yd, y_host=None, batch_size=256):
         """evaluate() on device arrays: batches are row slices (views, no
@@ -354,4 +409,5 @@ class Trainer:
         return result
 
     def predict(self, x, batch_size=256):
-        return self.model.predict(x, batch_size=batch_size)
+        with self._policy():
+            return self.model.predict(x, batch_size=batch_size)

@@ -15,12 +15,13 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from numba import boolean, float32, float64, int64, uint64
+from numba import boolean, float32, float64, int64, uint32, uint64
 
 from . import batchnorm as bn
 from . import augment, dropout
 from . import elementwise as ew
-from . import concat, conv, conv_implicit, loss, matmul, optim, pool, reduce, softmax, steps
+from . import (concat, conv, conv_implicit, loss, matmul, optim, pool, reduce, rounding, softmax,
+               steps)
 
 FLOATS = (float32, float64)
 
@@ -136,6 +137,9 @@ KERNELS += [
     ("split_channels", concat.split_channels, _sigs(lambda t: (_m(t), _m(t), int64))),
     ("affine_sample", augment.affine_sample,
      _sigs(lambda t: (_t4(t), _m(t), _t4(t), t, boolean))),
+    ("round_bf16", rounding.round_bf16, [(_v(uint32), _v(uint32))]),
+    ("round_tf32", rounding.round_tf32, [(_v(uint32), _v(uint32))]),
+    ("round_fp16", rounding.round_fp16, [(_v(float32), _v(float32))]),
 ]
 
 

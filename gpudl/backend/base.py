@@ -17,6 +17,9 @@ from __future__ import annotations
 import abc
 import operator
 
+import numpy as np
+
+from .. import precision as prec
 from ..errors import ShapeError
 
 
@@ -79,8 +82,28 @@ class Backend(abc.ABC):
 
     # ---- linear algebra ---------------------------------------------------
     @abc.abstractmethod
-    def matmul(self, a, b, trans_a=False, trans_b=False):
-        """op(a) @ op(b) for 2-D arrays, op(x) = x.T when its flag is set."""
+    def matmul(self, a, b, trans_a=False, trans_b=False, precision=None):
+        """op(a) @ op(b) for 2-D arrays, op(x) = x.T when its flag is set.
+        ``precision`` ("tf32", "bf16", "fp16"; float32 arrays only): the
+        inputs are rounded to that format first and the products summed in
+        float32, as a tensor core does (gpudl/precision.py)."""
+
+    @abc.abstractmethod
+    def round_to(self, x, fmt):
+        """A float32 array of x's values rounded to fmt ("tf32", "bf16", "fp16"),
+        bit for bit as gpudl.precision.round_to."""
+
+    def _lowp(self, fmt, *arrays):
+        """The arrays rounded to fmt for a reduced-precision matmul/conv (as
+        they are for fmt None)."""
+        if fmt is None:
+            return arrays
+        prec.check_format(fmt)
+        for a in arrays:
+            if np.dtype(a.dtype) != np.float32:
+                raise ValueError(f"precision={fmt!r} applies to float32 arrays, got {a.dtype} "
+                                 f"(float64 layers always compute in float64)")
+        return tuple(self.round_to(a, fmt) for a in arrays)
 
     @abc.abstractmethod
     def add_bias(self, z, b):
@@ -96,18 +119,19 @@ class Backend(abc.ABC):
         be x or y: a running average updated in place) when given."""
 
     # ---- convolution (NCHW; w (O, C // groups, KH, KW); no bias) --------
-    # stride and dilation are (h, w) pairs, pads is (top, bottom, left, right).
+    # stride and dilation are (h, w) pairs, pads is (top, bottom, left, right);
+    # precision as for matmul: both inputs rounded, float32 sums.
     @abc.abstractmethod
-    def conv2d(self, x, w, stride, pads, dilation, groups=1):
+    def conv2d(self, x, w, stride, pads, dilation, groups=1, precision=None):
         """(N, C, H, W) -> (N, O, OH, OW). groups = C is depthwise."""
 
     @abc.abstractmethod
-    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1):
+    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1, precision=None):
         """d(loss)/dx, (N, C, H, W) with (H, W) = in_hw, from dy (N, O, OH, OW).
         Also the forward pass of a transposed convolution."""
 
     @abc.abstractmethod
-    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1):
+    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1, precision=None):
         """d(loss)/dw, (O, C // groups, KH, KW), from dy and the forward input x."""
 
     @abc.abstractmethod

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from . import cpu_bn, cpu_conv, cpu_pool, dropout_key
+from .. import precision as prec
 from ..errors import ShapeError
 from .base import Backend
 
@@ -27,7 +28,8 @@ class CPUBackend(Backend):
         return "NumPy on the host CPU"
 
     # ---- linear algebra
-    def matmul(self, a, b, trans_a=False, trans_b=False):
+    def matmul(self, a, b, trans_a=False, trans_b=False, precision=None):
+        a, b = self._lowp(precision, a, b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
         return np.ascontiguousarray(a @ b)
@@ -45,13 +47,21 @@ class CPUBackend(Backend):
         return out
 
     # ---- convolution
-    def conv2d(self, x, w, stride, pads, dilation, groups=1):
+    def round_to(self, x, fmt):
+        return prec.round_to(x, fmt)
+
+    def conv2d(self, x, w, stride, pads, dilation, groups=1, precision=None):
+        x, w = self._lowp(precision, x, w)
         return cpu_conv.conv2d(x, w, stride, pads, dilation, groups)
 
-    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1):
+    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1,
+                              precision=None):
+        dy, w = self._lowp(precision, dy, w)
         return cpu_conv.conv2d_backward_input(dy, w, in_hw, stride, pads, dilation, groups)
 
-    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1):
+    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1,
+                               precision=None):
+        dy, x = self._lowp(precision, dy, x)
         return cpu_conv.conv2d_backward_weight(dy, x, k_hw, stride, pads, dilation, groups)
 
     def add_channel_bias(self, y, b):

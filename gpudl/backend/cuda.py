@@ -29,7 +29,8 @@ from ..kernels import matmul as mm  # noqa: E402
 from ..kernels import reduce as rk  # noqa: E402
 from ..kernels import softmax as sk  # noqa: E402
 from . import capture as cap  # noqa: E402
-from . import cuda_bn, cuda_concat, cuda_conv, cuda_optim, cuda_pool, cuda_steps  # noqa: E402
+from . import (cuda_bn, cuda_concat, cuda_conv, cuda_lowp, cuda_optim, cuda_pool,  # noqa: E402
+               cuda_steps)
 from . import dropout_key, fastlaunch  # noqa: E402
 from .base import Backend  # noqa: E402
 from .cuda_act import CUDAActivations  # noqa: E402
@@ -225,7 +226,9 @@ class CUDABackend(CUDAActivations, Backend):
         return float(self.to_numpy(total)[0] / n)
 
     # ---- linear algebra ----------------------------------------------------
-    def matmul(self, a, b, trans_a=False, trans_b=False):
+    def matmul(self, a, b, trans_a=False, trans_b=False, precision=None):
+        if precision is not None:  # rounded inputs (tensor cores when enabled): cuda_lowp.py
+            return cuda_lowp.matmul(self, a, b, trans_a, trans_b, precision)
         if a.ndim != 2 or b.ndim != 2:
             raise ShapeError(f"matmul needs 2-D arrays, got a of shape {tuple(a.shape)} "
                              f"and b of shape {tuple(b.shape)}")
@@ -292,13 +295,21 @@ class CUDABackend(CUDAActivations, Backend):
         return out
 
     # ---- convolution (kernels and launches in cuda_conv.py) ------------------
-    def conv2d(self, x, w, stride, pads, dilation, groups=1):
+    def round_to(self, x, fmt):
+        return cuda_lowp.round_to(self, x, fmt)
+
+    def conv2d(self, x, w, stride, pads, dilation, groups=1, precision=None):
+        x, w = self._lowp(precision, x, w)
         return cuda_conv.conv2d(self, x, w, stride, pads, dilation, groups)
 
-    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1):
+    def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1,
+                              precision=None):
+        dy, w = self._lowp(precision, dy, w)
         return cuda_conv.conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups)
 
-    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1):
+    def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1,
+                               precision=None):
+        dy, x = self._lowp(precision, dy, x)
         return cuda_conv.conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups)
 
     def add_channel_bias(self, y, b):

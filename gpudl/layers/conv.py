@@ -10,6 +10,7 @@ import numpy as np
 
 from ..convshape import conv_output_hw, pair, resolve_padding
 from ..errors import ShapeError
+from ..precision import compute_format
 from .base import Layer, init_rng
 
 
@@ -58,6 +59,7 @@ class Conv2D(Layer):
         if self.use_bias:
             self.params["b"] = self.backend.zeros((out_channels,), self.dtype)
         self._x = None
+        self._fmt = None  # the precision policy's format at the last forward
 
     # ---- geometry
     def pads(self, in_hw):
@@ -89,8 +91,9 @@ class Conv2D(Layer):
                              f"shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         self.output_shape(tuple(x.shape[1:]))
         be = self.backend
+        self._fmt = compute_format(x.dtype)  # the precision policy's, kept for backward
         y = be.conv2d(x, self.params["W"], self.stride, self.pads(x.shape[2:]), self.dilation,
-                      self.groups)
+                      self.groups, precision=self._fmt)
         if self.use_bias:
             be.add_channel_bias(y, self.params["b"])
         self._x = x
@@ -102,13 +105,14 @@ class Conv2D(Layer):
         pads = self.pads(x.shape[2:])
         if self.trainable:
             self.grads["W"] = be.conv2d_backward_weight(grad, x, self.kernel_size, self.stride,
-                                                        pads, self.dilation, self.groups)
+                                                        pads, self.dilation, self.groups,
+                                                        precision=self._fmt)
             if self.use_bias:
                 self.grads["b"] = be.sum_channels(grad)
         if not need_input_grad:
             return None
         return be.conv2d_backward_input(grad, self.params["W"], tuple(x.shape[2:]), self.stride,
-                                        pads, self.dilation, self.groups)
+                                        pads, self.dilation, self.groups, precision=self._fmt)
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

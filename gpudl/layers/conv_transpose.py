@@ -11,6 +11,7 @@ import numpy as np
 
 from ..convshape import effective_kernel, pair
 from ..errors import ShapeError
+from ..precision import compute_format
 from .base import Layer
 from .conv import _glorot, _positive
 
@@ -42,6 +43,7 @@ class Conv2DTranspose(Layer):
         if self.use_bias:
             self.params["b"] = self.backend.zeros((out_channels,), self.dtype)
         self._x = None
+        self._fmt = None  # the precision policy's format at the last forward
 
     @property
     def pads(self):
@@ -75,8 +77,9 @@ class Conv2DTranspose(Layer):
                              f"{self.in_channels}, H, W), got {tuple(x.shape)}")
         _, oh, ow = self.output_shape(tuple(x.shape[1:]))
         be = self.backend
+        self._fmt = compute_format(x.dtype)  # the precision policy's, kept for backward
         y = be.conv2d_backward_input(x, self.params["W"], (oh, ow), self.stride, self.pads,
-                                     self.dilation)
+                                     self.dilation, precision=self._fmt)
         if self.use_bias:
             be.add_channel_bias(y, self.params["b"])
         self._x = x
@@ -88,12 +91,14 @@ class Conv2DTranspose(Layer):
         if self.trainable:
             # the forward's "dy" is our input, its "x" our output gradient
             self.grads["W"] = be.conv2d_backward_weight(self._x, grad, self.kernel_size,
-                                                        self.stride, self.pads, self.dilation)
+                                                        self.stride, self.pads, self.dilation,
+                                                        precision=self._fmt)
             if self.use_bias:
                 self.grads["b"] = be.sum_channels(grad)
         if not need_input_grad:
             return None
-        return be.conv2d(grad, self.params["W"], self.stride, self.pads, self.dilation)
+        return be.conv2d(grad, self.params["W"], self.stride, self.pads, self.dilation,
+                         precision=self._fmt)
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
+from ..precision import compute_format
 from .base import Layer, init_rng
 
 
@@ -35,11 +36,14 @@ class Dense(Layer):
         self.params["W"] = self.backend.asarray(w, dtype=self.dtype)
         self.params["b"] = self.backend.zeros((out_features,), self.dtype)
         self._x = None
+        self._fmt = None  # the precision policy's format at the last forward
 
     def forward(self, x, training=False):
         self._check_features(x, self.in_features, "in_features")
         be = self.backend
-        z = be.matmul(x, self.params["W"], trans_b=True)
+        # the precision policy's format for this step's products, kept for backward
+        self._fmt = compute_format(x.dtype)
+        z = be.matmul(x, self.params["W"], trans_b=True, precision=self._fmt)
         be.add_bias(z, self.params["b"])
         self._x = x
         return z
@@ -52,10 +56,12 @@ class Dense(Layer):
         be = self.backend
         if self.trainable:
             # The notes' delta rule: dL/dW = delta a^T, dL/db = delta 1.
-            self.grads["W"] = be.matmul(grad, self._x, trans_a=True)
+            self.grads["W"] = be.matmul(grad, self._x, trans_a=True, precision=self._fmt)
             self.grads["b"] = be.sum_rows(grad)
         # The first layer's input gradient is a whole extra matmul nobody reads.
-        return be.matmul(grad, self.params["W"]) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        return be.matmul(grad, self.params["W"], precision=self._fmt)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 1 or input_shape[0] != self.in_features:
