@@ -5,7 +5,8 @@
 Same shapes and flags as gpudl.kernels.matmul: op(A) is (M, K), op(B) is
 (K, N), C is (M, N), all C-contiguous; A is stored (K, M) when trans_a, B
 (N, K) when trans_b. The kernels need a GPU and CuPy (the simulator cannot
-run CUDA C++); their numba twin matmul_warp is what the simulator tests.
+run CUDA C++); their numba twin matmul_warp is what the simulator tests, and
+tests/test_sgemm_host.py runs the .cu source itself on the CPU.
 
 128-bit loads need both operands' rows (the loaded, contiguous axis) to be a
 multiple of 4 floats long and 16-byte aligned; otherwise the _scalar entries

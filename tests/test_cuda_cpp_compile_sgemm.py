@@ -5,9 +5,9 @@ NVRTC builds both shapes of the kernel (two blocks per SM, the default, and
 one); ptxas -v must show no spills and no stack for all eight entries, and
 the SASS main loop (the loop holding the barrier) must carry the 128-bit
 global loads (LDG.E.128) of the vector entries, the 128-bit shared reads
-(LDS.128) of every entry, and the FFMAs. Correctness is the numba twin's
-(tests/cuda/test_matmul_warp.py, simulator) and, on a GPU,
-tests/cuda/test_sgemm_cpp.py.
+(LDS.128) of every entry, and the FFMAs. Correctness: the source run on the
+CPU (tests/test_sgemm_host.py), the numba twin in the simulator
+(tests/cuda/test_matmul_warp.py) and, on a GPU, tests/cuda/test_sgemm_cpp.py.
 """
 import re
 
