@@ -20,7 +20,9 @@ or epilogue index therefore gives a wrong product in CI. What the twin cannot
 check is the PTX itself: the real instructions are checked by compiling and
 disassembling (tests/test_cuda_cpp_compile.py), and on a GPU the test runs
 the .cu kernel against the same reference. The simulator has no 16-bit
-storage: twin inputs are float32 arrays already rounded to the format.
+storage: twin inputs are float32 arrays already rounded to the format. The
+twins are for the simulator only (their ~170 KB of static shared scratch is
+past numba's 48 KB), so they are not in kernels/catalog.py.
 """
 from __future__ import annotations
 

@@ -57,19 +57,22 @@ def run(prec, variant, m, n, k, seed):
         gm.launch(cupy.asarray(stored(a, prec)), cupy.asarray(stored(b, prec)), dc, ta, tb, prec)
         got = cupy.asnumpy(dc)
     # Products of rounded values are exact in FP32; only the FP32 sums round
-    # (the tensor core's internal order and truncation differ from a loop's).
-    check(got, reference(a, b, ta, tb), rtol=1e-4, atol=2e-6 * k)
+    # (the tensor core's internal order and truncation differ from a loop's),
+    # so the FP32 matmul tests' tolerance applies. A misplaced fragment is off by O(1).
+    check(got, reference(a, b, ta, tb), rtol=1e-4, atol=1e-5 * k)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("prec", PRECS)
 def test_off_tile(prec, variant):
-    run(prec, variant, *SHAPES[variant], seed=hash((prec, variant)) % 1000)
+    run(prec, variant, *SHAPES[variant], seed=10 * PRECS.index(prec) + VARIANTS.index(variant))
 
 
 # More slabs than stages, so the ring wraps (TF32: 5 slabs of 16; 16-bit: 5 of
-# 32), and on a GPU several block tiles in both directions and real sizes.
-DEEP = [("tf32", "tn", 12, 20, 72), ("bf16", "nt", 5, 3, 136), ("fp16", "nn", 3, 8, 136)] + big(
+# 32); two block tiles down and two across (one slab each, to stay cheap); on a
+# GPU several block tiles in both directions and real sizes.
+DEEP = [("tf32", "tn", 12, 20, 72), ("bf16", "nt", 5, 3, 136), ("fp16", "nn", 3, 8, 136),
+        ("fp16", "tt", 136, 9, 16), ("tf32", "nn", 5, 132, 8)] + big(
     *[(p, v, 1000, 1032, 1024) for p in PRECS for v in VARIANTS],
     ("bf16", "nt", 4097, 129, 264), ("tf32", "nt", 257, 4100, 72))
 
@@ -105,7 +108,7 @@ def test_backend_tensor_core_path(be):
     with poisoned(be):
         got = cuda_mma.matmul(be, be.asarray(a), be.asarray(b), ta, tb, "bf16")
     assert got is not None, "the tensor-core path declined an aligned problem"
-    check(host(be, got), reference(a, b, ta, tb), rtol=1e-4, atol=2e-6 * k)
+    check(host(be, got), reference(a, b, ta, tb), rtol=1e-4, atol=1e-5 * k)
     # rows of 17 halves cannot be cp.async'd: declined, for the FP32 path to take
     a, b, ta, tb = operands(6, "bf16", "nn", m, n, k)
     assert cuda_mma.matmul(be, be.asarray(a), be.asarray(b), ta, tb, "bf16") is None
@@ -132,4 +135,4 @@ def test_lowp_matmul_uses_tensor_cores_when_enabled(be, monkeypatch):
     monkeypatch.setenv("GPUDL_TENSOR_CORES", "1")
     got = cuda_lowp.matmul(be, be.asarray(a), be.asarray(b), False, True, "tf32")
     assert calls == [True]
-    check(host(be, got), reference(ra, rb, False, True), rtol=1e-4, atol=2e-6 * k)
+    check(host(be, got), reference(ra, rb, False, True), rtol=1e-4, atol=1e-5 * k)
