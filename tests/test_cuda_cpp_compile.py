@@ -30,7 +30,15 @@ try:
 except FileNotFoundError as e:
     NO_NVDISASM = str(e)
 
+try:
+    from gpudl.kernels import catalog
+    catalog.find_ptxas()
+    NO_PTXAS = None
+except FileNotFoundError as e:
+    NO_PTXAS = str(e)
+
 needs_nvrtc = pytest.mark.skipif(NO_NVRTC is not None, reason=NO_NVRTC or "")
+needs_ptxas = pytest.mark.skipif(NO_PTXAS is not None, reason=NO_PTXAS or "")
 needs_nvdisasm = pytest.mark.skipif(NO_NVDISASM is not None, reason=NO_NVDISASM or "")
 
 
@@ -65,6 +73,7 @@ def test_compile_error_carries_the_log(tmp_path, monkeypatch):
 
 
 @needs_nvrtc
+@needs_ptxas
 def test_smoke_ptx_and_ptxas():
     ptx = cuda_cpp.compile("smoke", target="ptx")
     assert ".target sm_90" in ptx and "mma.sync.aligned.m16n8k8" in ptx
@@ -129,11 +138,13 @@ def test_gemm_needs_the_launchers_tiling():
 
 
 @needs_nvrtc
+@needs_ptxas
 def test_gemm_kernel_list(gemm_ptxas):
     assert sorted(gemm_ptxas) == sorted(GEMM_NAMES)
 
 
 @needs_nvrtc
+@needs_ptxas
 @pytest.mark.parametrize("prec,variant", _gemm_cases())
 def test_gemm_ptxas(gemm_ptxas, prec, variant):
     row = gemm_ptxas[gemm_mma.kernel_name(prec, variant)]
