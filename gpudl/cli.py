@@ -8,6 +8,7 @@ import sys
 import time
 
 from . import __version__
+from .precision import POLICIES
 
 
 def library_versions(extra=()) -> dict:
@@ -108,6 +109,7 @@ def cmd_train(args) -> int:
         be = gpudl.set_device(args.device)
     say = print if dist is None or dist.is_main else _silent  # rank 0 talks
     gpudl.manual_seed(args.seed)
+    gpudl.set_precision(args.precision)
     build, images = MODELS[args.model]
     epochs, lr, batch_size, _ = TRAIN_DEFAULTS[args.model]
     args.epochs = args.epochs or epochs
@@ -132,7 +134,9 @@ def cmd_train(args) -> int:
             convert_sync_batchnorm(model)
     model.summary(print_fn=say)
     trainer = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), _optimizer(args, n_steps),
-                            distributed=dist)
+                            distributed=dist, precision=args.precision)
+    say(f"optimizer: {args.optimizer}, lr {args.lr:g}, batch size {args.batch_size}, "
+        f"{args.epochs} epochs; precision: {args.precision}")
     callbacks, augment = _toolkit(args, images)
     t0 = time.perf_counter()
     history = trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
@@ -160,7 +164,8 @@ def cmd_train(args) -> int:
         metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
                    "train_loss": history["loss"][-1], "train_accuracy": history["accuracy"][-1],
                    "model": args.model, "epochs": args.epochs, "seconds": seconds, "device": be.name,
-                   "device_name": be.device_name(), "seed": args.seed}
+                   "device_name": be.device_name(), "seed": args.seed,
+                   "precision": args.precision}
         folder = os.path.dirname(os.path.abspath(args.metrics_out))
         os.makedirs(folder, exist_ok=True)
         with open(args.metrics_out, "w") as f:
@@ -206,6 +211,7 @@ def cmd_profile(args) -> int:
     from .zoo import MODELS
     be = gpudl.set_device(args.device)
     gpudl.manual_seed(args.seed)
+    gpudl.set_precision(args.precision)
     build = MODELS[args.model][0]
     in_shape = tuple(inspect.signature(build).parameters["in_shape"].default)
     model = build(in_shape, 10)
@@ -221,7 +227,8 @@ def cmd_profile(args) -> int:
         trainer.fit(x, y, epochs=1, batch_size=bs, verbose=False)
         be.synchronize()
         wall = time.perf_counter() - t0
-    print(f"gpudl profile: {args.model} {in_shape}, batch {bs}, {args.steps} steps on {be.name} "
+    print(f"gpudl profile: {args.model} {in_shape}, batch {bs}, {args.steps} steps, "
+          f"precision {args.precision}, on {be.name} "
           f"({be.device_name()}): {wall * 1e3:.1f} ms wall, {wall / args.steps * 1e3:.2f} ms/step")
     prof.table(limit=args.limit, ceilings=not args.no_ceilings)
     if args.trace:
@@ -290,6 +297,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_positive(int), nargs="+", default=[256, 128],
                    help="hidden layer widths of the mlp (default: 256 128)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--precision", choices=list(POLICIES), default="fp32",
+                   help="matmul/conv input precision (gpudl.set_precision): fp32 (default), "
+                        "tf32, bf16-mixed or fp16-mixed (with dynamic loss scaling)")
     t.add_argument("--limit", type=_positive(int), default=None,
                    help="use only the first N training samples (quick runs)")
     t.add_argument("--save", default=None,
@@ -328,6 +338,8 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-ceilings", action="store_true",
                     help="skip measuring (or reading the cached) copy and matmul ceilings")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--precision", choices=list(POLICIES), default="fp32",
+                    help="matmul/conv input precision, as for train")
     pr.set_defaults(run=cmd_profile)
     return p
 

@@ -18,6 +18,21 @@ FORMAT = "gpudl-model"
 FORMAT_VERSION = 1
 
 
+#: the layers whose products follow the precision policy (gpudl/precision.py)
+_LOWP_TYPES = ("Dense", "Conv2D", "DepthwiseConv2D", "Conv2DTranspose")
+
+
+def _precision_line(lowp, total):
+    from .precision import POLICIES, get_precision
+    policy = get_precision()
+    fmt = POLICIES[policy]
+    if fmt is None:
+        return f"Precision: {policy} (float32 throughout)"
+    share = f"{100 * lowp / total:.1f}%" if total else "-"
+    return (f"Precision: {policy} ({fmt.upper()} inputs, FP32 accumulate: {lowp:,} FLOPs per "
+            f"sample, {share}; the rest and all state in FP32)")
+
+
 class Sequential:
     """Layers applied in order; backward runs them in reverse."""
 
@@ -277,12 +292,17 @@ class Sequential:
         if shape is None:
             raise ShapeError("Sequential.summary: pass input_shape= (the model cannot infer it)")
         rows = []
-        total_flops = 0
+        total_flops = lowp_flops = 0
         for layer in self.layers:
             flops = layer.flops(shape)
             inner = layer.summary_rows(shape) if hasattr(layer, "summary_rows") else []
             shape = layer.output_shape(shape)
             total_flops += flops
+            if inner:
+                lowp_flops += sum(f for label, _, _, f in inner
+                                  if label.endswith(tuple(f"({t})" for t in _LOWP_TYPES)))
+            elif type(layer).__name__ in _LOWP_TYPES:
+                lowp_flops += flops
             rows.append((f"{layer.name} ({type(layer).__name__})", str((None,) + shape),
                          f"{layer.num_params():,}", f"{flops:,}"))
             # a container's children, indented; their counts are inside the row above
@@ -296,7 +316,7 @@ class Sequential:
         lines = [fmt.format(*head), rule] + [fmt.format(*r) for r in rows] + [rule,
                  f"Total params: {total:,}", f"Trainable params: {trainable:,}",
                  f"Non-trainable params: {total - trainable:,}",
-                 f"FLOPs per sample: {total_flops:,}"]
+                 f"FLOPs per sample: {total_flops:,}", _precision_line(lowp_flops, total_flops)]
         text = "\n".join(lines)
         if print_fn is not None:
             print_fn(text)

@@ -196,6 +196,8 @@ OPS = {
     "add_bias": lambda p: (p["z"].size, (2 * p["z"].size + p["b"].size) * p["z"].itemsize),
     "sum_rows": lambda p: (p["g"].size, (p["g"].size + p["g"].shape[1]) * p["g"].itemsize),
     "axpby": _per_element(3, 2, 1, "x"),
+    # a few integer ops per value (an add and masks), read once and written once
+    "round_to": _per_element(1, 1, 1, "x"),
     "conv2d": _conv2d,
     "conv2d_backward_input": _conv2d_backward_input,
     "conv2d_backward_weight": _conv2d_backward_weight,
@@ -320,6 +322,24 @@ PEAKS = (("H200", "H200 SXM", 67e12, 4.8e12),
          ("H100", "H100 SXM", 67e12, 3.35e12))
 
 
+#: label -> dense tensor-core FLOP/s per input format (datasheet; the sparse
+#: figures are twice these). H200 SXM has the H100 SXM's rates.
+TENSOR_PEAKS = {"H200 SXM": {"tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
+                "H100 SXM": {"tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
+                "H100 NVL": {"tf32": 417.5e12, "bf16": 835.5e12, "fp16": 835.5e12},
+                "H100 PCIe": {"tf32": 378.0e12, "bf16": 756.5e12, "fp16": 756.5e12}}
+
+
+def compute_peak(peak, fmt, tensor_cores):
+    """The FLOP/s a compute-bound op is held against: the tensor-core rate of
+    its input format when it ran on tensor cores, else the FP32 pipes' rate."""
+    if peak is None:
+        return None
+    if fmt and tensor_cores and fmt in TENSOR_PEAKS.get(peak[0], {}):
+        return TENSOR_PEAKS[peak[0]][fmt]
+    return peak[1]
+
+
 def device_peak(name):
     """(label, FLOP/s, bytes/s) of a known GPU by its name, else None."""
     for key, label, flops, bw in PEAKS:
@@ -440,7 +460,9 @@ def roofline(row, rates, name):
     peak, ceil = rates.get("peak"), rates.get("ceiling")
     if row["device"] == "cuda" and name in ("asarray", "to_numpy"):
         return {"bound": "transfer", "pct_peak": None, "pct_ceiling": None}
-    ref = (peak[1], peak[2]) if peak else \
+    tensor = row.get("precision") and row.get("tensor_cores")
+    flop_peak = compute_peak(peak, row.get("precision"), tensor)
+    ref = (flop_peak, peak[2]) if peak else \
         (ceil["matmul_gflops"] * 1e9, ceil["copy_gbps"] * 1e9) if ceil else None
     f, b = row["flops"], row["bytes"]
     if ref is None:
@@ -450,5 +472,6 @@ def roofline(row, rates, name):
     rate, key, scale = (row["gflops"], 1, "matmul_gflops") if bound == "compute" else \
         (row["gbps"], 2, "copy_gbps")
     return {"bound": bound,
-            "pct_peak": 100 * rate * 1e9 / peak[key] if peak else None,
+            "pct_peak": 100 * rate * 1e9 / (flop_peak if key == 1 else peak[key])
+            if peak else None,
             "pct_ceiling": 100 * rate / ceil[scale] if ceil and ceil[scale] else None}

@@ -47,7 +47,8 @@ import numpy as np
 
 from . import backend as _backends
 from .backend.base import Backend
-from .opcost import (A, device_peak, kernel_cost, measure_ceilings,  # noqa: F401 (re-exported)
+from .precision import get_precision
+from .opcost import (A, TENSOR_PEAKS, device_peak, kernel_cost, measure_ceilings,  # noqa: F401
                      op_cost, rates, roofline)
 
 OPS = tuple(sorted(Backend.__abstractmethods__))
@@ -92,6 +93,11 @@ class Record:
         self.args, self.kwargs, self.parent = args, kwargs, parent
         self.launches, self.ev0, self.ev1, self.ref, self._cost = 0, None, None, None, None
         self._dur = None
+
+    @property
+    def precision(self):
+        """The input format of a reduced-precision matmul/conv op, else None."""
+        return (self.kwargs or {}).get("precision")
 
     @property
     def shapes(self):
@@ -324,12 +330,13 @@ class profile:
         groups = {}
         for r in self.records:
             if r.kind == kind:
-                key = (r.name, r.shapes, r.device, r.parent)
+                key = (r.name, r.shapes, r.device, r.parent, r.precision)
                 groups.setdefault(key, []).append(r)
         grand = sum(r.duration_s for r in self.records if r.kind == kind) or 1.0
         refs = {dev: rates(self.devices.get(dev, dev), ceilings) for dev in {k[2] for k in groups}}
         rows = []
-        for (name, shapes, device, parent), recs in groups.items():
+        tensor_cores = _tensor_cores()
+        for (name, shapes, device, parent, fmt), recs in groups.items():
             times = [r.duration_s for r in recs]
             total = sum(times)
             flops, nbytes = sum(r.flops for r in recs), sum(r.bytes for r in recs)
@@ -339,7 +346,9 @@ class profile:
                    "total_s": total, "median_s": statistics.median(times),
                    "percent": 100 * total / grand, "flops": flops, "bytes": nbytes,
                    "gflops": flops / total / 1e9 if total else 0.0,
-                   "gbps": nbytes / total / 1e9 if total else 0.0, "timer": recs[0].timer}
+                   "gbps": nbytes / total / 1e9 if total else 0.0, "timer": recs[0].timer,
+                   "precision": fmt, "tensor_cores": bool(fmt) and device == "cuda"
+                   and tensor_cores}
             row.update(roofline(row, refs.get(device), name))
             rows.append(row)
         return sorted(rows, key=lambda r: -r["total_s"])
@@ -360,6 +369,12 @@ class profile:
                          + "; measured ceiling: " +
                          (f"{ceil['matmul_gflops']:,.1f} GFLOP/s matmul, "
                           f"{ceil['copy_gbps']:,.1f} GB/s copy" if ceil else "not measured"))
+            tensor = TENSOR_PEAKS.get(peak[0]) if peak else None
+            if tensor:
+                lines.append("  tensor-core peak (dense): " + ", ".join(
+                    f"{f.upper()} {v / 1e9:,.0f} GFLOP/s" for f, v in tensor.items())
+                    + "; ops marked @fmt/tc ran on tensor cores and are held against these")
+        lines.append(f"precision policy: {get_precision()}")
         head = (f"{'name':<34} {'shapes':<36} {'calls':>5} {'launch':>6} {'total ms':>9} "
                 f"{'%':>5} {'median us':>10} {'GFLOP/s':>9} {'GB/s':>8} {'bound':>8} "
                 f"{'%peak':>6} {'%ceil':>6}")
@@ -372,6 +387,8 @@ class profile:
             lines += ["", f"{kind}s", head, "-" * len(head)]
             for r in rows[:limit]:
                 name = r["name"] if kind == "op" else f"{r['name']} < {r['parent'] or '-'}"
+                if r["precision"]:  # a reduced-precision op: its own row, its own peak
+                    name += f"@{r['precision']}" + ("/tc" if r["tensor_cores"] else "")
                 shapes = _fmt_shapes(r["shapes"])
                 lines.append(
                     f"{name[:34]:<34} {shapes[:36]:<36} {r['calls']:>5} {r['launches']:>6} "
@@ -406,6 +423,11 @@ class profile:
                                     "parent": r.parent, "timer": r.timer}})
         with open(path, "w") as f:
             json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
+
+
+def _tensor_cores():
+    from .backend.cuda_lowp import tensor_cores_enabled
+    return tensor_cores_enabled(None)
 
 
 def _kernel_name(kernel):
