@@ -3,7 +3,10 @@
 C (M, N) float32 = op(A) @ op(B) with FP32 accumulate, A and B in TF32
 (float32 storage, rounded by cvt.rna in the kernel), BF16 (uint16 bit
 patterns) or FP16 (half). Layouts and variants ("nn", "nt", "tn", "tt") are
-kernels/matmul.py's: A stored (M, K) or (K, M), B (K, N) or (N, K).
+kernels/matmul.py's: A stored (M, K) or (K, M), B (K, N) or (N, K). Each
+has two kernels: the cp.async one for rows that are whole 16-byte chunks
+(misaligned() says when not) and an _unaligned one with element loads for
+any shape; launch() picks.
 
 This module owns the tiling constants and passes them to NVRTC as -D
 options, so the shared-memory size the launcher asks for, the layout the
@@ -77,12 +80,13 @@ def smem_bytes(prec, variant):
     return STAGES * (a + b) * ELEM[prec]
 
 
-def kernel_name(prec, variant):
-    return f"gemm_{_CU_NAME[prec]}_{variant}"
+def kernel_name(prec, variant, aligned=True):
+    """The cp.async kernel, or (aligned=False) its element-load twin for any shape."""
+    return f"gemm_{_CU_NAME[prec]}_{variant}" + ("" if aligned else "_unaligned")
 
 
 def names():
-    return [kernel_name(p, v) for p in ELEM for v in VARIANTS]
+    return [kernel_name(p, v, al) for p in ELEM for v in VARIANTS for al in (True, False)]
 
 
 def compile(target="ptx", cc=(9, 0)):  # noqa: A001
@@ -98,11 +102,11 @@ def launch_config(m, n):
     return (_cdiv(n, BN), _cdiv(m, BM)), (THREADS,)
 
 
-def unsupported(prec, variant, m, n, k, pointers=()):
-    """Why the tensor-core kernel cannot take this problem (None: it can).
-    cp.async copies 16-byte chunks between 16-byte aligned addresses, so every
-    stored row must be a multiple of 16 bytes and each base pointer aligned;
-    callers send the rest to the FP32 path (after rounding the inputs)."""
+def misaligned(prec, variant, m, n, k, pointers=()):
+    """Why the cp.async kernel cannot take this problem (None: it can): it
+    copies 16-byte chunks between 16-byte aligned addresses, so every stored
+    row must be a whole number of chunks and each base pointer aligned. The
+    launcher runs the _unaligned kernel for the rest."""
     if prec not in ELEM:
         raise ValueError(f"precision must be one of {tuple(ELEM)}, got {prec!r}")
     ta, tb = VARIANTS[variant]
@@ -110,31 +114,42 @@ def unsupported(prec, variant, m, n, k, pointers=()):
     rows = {"A": m if ta else k, "B": k if tb else n}
     for what, length in rows.items():
         if length % ce:
-            return (f"{what}'s rows hold {length} elements: {prec} tensor-core loads need a "
-                    f"multiple of {ce} (16 bytes)")
+            return f"{what}'s rows hold {length} elements, not a multiple of {ce} (16 bytes)"
     for p in pointers:
         if p % 16:
             return f"an operand's address {p:#x} is not 16-byte aligned"
-    if min(m, n, k) < 1:
-        return "empty problem"
     return None
 
 
-def launch(a, b, c, trans_a, trans_b, prec, stream=None):
-    """c[:] = op(a) @ op(b) on a GPU (CuPy arrays: a, b in STORAGE[prec], c
-    float32 (m, n)). Raises ValueError for a problem unsupported() refuses."""
+def launch(a, b, c, trans_a, trans_b, prec, stream=None, aligned=None):
+    """c[:] = op(a) @ op(b) on a GPU: CuPy arrays, a and b in STORAGE[prec]
+    (A stored (M, K), or (K, M) if trans_a; B (K, N), or (N, K) if trans_b),
+    c float32 (M, N), all C-contiguous. aligned=None picks the cp.async kernel
+    where misaligned() allows it; True/False forces one (False always works)."""
     import cupy
     variant = ("t" if trans_a else "n") + ("t" if trans_b else "n")
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    for x, want in ((a, STORAGE[prec]), (b, STORAGE[prec]), (c, np.float32)):
-        if x.dtype != want or not x.flags.c_contiguous:
-            raise ValueError(f"gemm_mma {prec}: operands must be C-contiguous {np.dtype(want)}, "
+    want = {"a": (k, m) if trans_a else (m, k), "b": (n, k) if trans_b else (k, n)}
+    for name, x, dtype in (("a", a, STORAGE[prec]), ("b", b, STORAGE[prec]), ("c", c, np.float32)):
+        if x.dtype != dtype or not x.flags.c_contiguous:
+            raise ValueError(f"gemm_mma {prec}: {name} must be C-contiguous {np.dtype(dtype)}, "
                              f"got {x.dtype}")
-    why = unsupported(prec, variant, m, n, k, (a.data.ptr, b.data.ptr))
-    if why:
+        if name in want and tuple(x.shape) != want[name]:
+            raise ValueError(f"gemm_mma {prec} {variant}: {name} has shape {tuple(x.shape)}, "
+                             f"expected {want[name]} for c of shape {(m, n)}")
+    why = misaligned(prec, variant, m, n, k, (a.data.ptr, b.data.ptr))
+    if aligned is None:
+        aligned = why is None
+    elif aligned and why:
         raise ValueError(f"gemm_mma {prec} {variant} ({m}x{n}x{k}): {why}")
-    fn = cuda_cpp.load_module("gemm_mma", COMPILE_OPTIONS).get_function(kernel_name(prec, variant))
+    if min(m, n) == 0:
+        return c
+    if k == 0:
+        c.fill(0)
+        return c
+    fn = cuda_cpp.load_module("gemm_mma", COMPILE_OPTIONS).get_function(
+        kernel_name(prec, variant, aligned))
     smem = smem_bytes(prec, variant)
     # Over 48 KB of dynamic shared memory needs the opt-in attribute
     # (cudaFuncSetAttribute(MaxDynamicSharedMemorySize)); CuPy sets it here.

@@ -104,18 +104,22 @@ _HMMA = {"tf32": "HMMA.1688.F32.TF32", "bf16": "HMMA.16816.F32.BF16", "fp16": "H
 
 
 def _gemm_cases():
-    return [(p, v) for p in gemm_mma.ELEM for v in gemm_mma.VARIANTS]
+    return [(p, v, al) for p in gemm_mma.ELEM for v in gemm_mma.VARIANTS for al in (True, False)]
+
+
+def _case_id(case):
+    return gemm_mma.kernel_name(*case)
 
 
 @pytest.fixture(scope="module")
 def gemm_ptxas(pytestconfig):
     rows = cuda_cpp.ptxas_report(gemm_mma.compile("ptx"))
-    table = [f"{'kernel':16} {'regs':>5} {'static smem':>12} {'dynamic smem':>13} {'stack':>6} "
+    table = [f"{'kernel':24} {'regs':>5} {'static smem':>12} {'dynamic smem':>13} {'stack':>6} "
              f"{'spill st/ld':>12}"]
-    for p, v in _gemm_cases():
-        r = rows.get(gemm_mma.kernel_name(p, v), {})
+    for p, v, al in _gemm_cases():
+        r = rows.get(gemm_mma.kernel_name(p, v, al), {})
         spill = f"{r.get('spill_stores', '?')}/{r.get('spill_loads', '?')}"
-        table.append(f"{gemm_mma.kernel_name(p, v):16} {r.get('registers', '?'):>5} "
+        table.append(f"{gemm_mma.kernel_name(p, v, al):24} {r.get('registers', '?'):>5} "
                      f"{r.get('smem', '?'):>12} {gemm_mma.smem_bytes(p, v):>13} "
                      f"{r.get('stack', '?'):>6} {spill:>12}")
     reports = getattr(pytestconfig, "gpudl_reports", [])
@@ -141,13 +145,15 @@ def test_gemm_needs_the_launchers_tiling():
 @needs_ptxas
 def test_gemm_kernel_list(gemm_ptxas):
     assert sorted(gemm_ptxas) == sorted(GEMM_NAMES)
+    assert len(GEMM_NAMES) == 24
 
 
 @needs_nvrtc
 @needs_ptxas
-@pytest.mark.parametrize("prec,variant", _gemm_cases())
-def test_gemm_ptxas(gemm_ptxas, prec, variant):
-    row = gemm_ptxas[gemm_mma.kernel_name(prec, variant)]
+@pytest.mark.parametrize("case", _gemm_cases(), ids=_case_id)
+def test_gemm_ptxas(gemm_ptxas, case):
+    prec, variant, _ = case
+    row = gemm_ptxas[gemm_mma.kernel_name(*case)]
     assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row["log"]
     assert row["stack"] == 0, row["log"]
     # __launch_bounds__(THREADS): a whole block's registers fit one SM's 64K
@@ -158,12 +164,14 @@ def test_gemm_ptxas(gemm_ptxas, prec, variant):
 
 @needs_nvrtc
 @needs_nvdisasm
-@pytest.mark.parametrize("prec,variant", _gemm_cases())
-def test_gemm_sass(gemm_sass, prec, variant):
-    text = gemm_sass[gemm_mma.kernel_name(prec, variant)]
+@pytest.mark.parametrize("case", _gemm_cases(), ids=_case_id)
+def test_gemm_sass(gemm_sass, case):
+    prec, variant, aligned = case
+    text = gemm_sass[gemm_mma.kernel_name(*case)]
     ops = cuda_cpp.opcodes(text)
     assert _HMMA[prec] + " " in text, f"no {_HMMA[prec]} (tensor cores)"
-    assert "LDGSTS" in ops, "no cp.async (LDGSTS)"
+    # cp.async in the aligned kernels only; the _unaligned ones load element by element
+    assert ("LDGSTS" in ops) == aligned
     assert "LDL" not in ops and "STL" not in ops, "local memory in use"
     # ldmatrix where an operand allows it: K-major slabs without .trans
     # (M88), MN-major 16-bit slabs with .trans (MT88). TF32 MN-major slabs

@@ -5,9 +5,9 @@ inputs already rounded to the format (float32 arrays holding TF32, BF16 or
 FP16 values). On a GPU they are narrowed to the 16-bit storage the kernel
 reads (exact: the values are representable) and the CUDA C++ kernel runs;
 under the simulator the numba twin runs on the float32 arrays themselves.
-A problem the kernel cannot take (rows that are not whole 16-byte chunks,
-misaligned bases) returns None, and the caller uses the FP32 kernel on the
-same rounded inputs, which gives the same products.
+Rows that are not whole 16-byte chunks (or misaligned bases) take the
+kernel's element-load variant instead of cp.async; the twin covers both
+(its loader zero-fills partial chunks as that variant does).
 """
 from __future__ import annotations
 
@@ -31,25 +31,23 @@ def _storage(cp, x, fmt):
 
 
 def matmul(be, a, b, trans_a, trans_b, fmt):
-    """C = op(a) @ op(b) on tensor cores, or None when the kernel cannot
-    take the problem (the caller then runs the FP32 path)."""
+    """C = op(a) @ op(b) on tensor cores; None for what this path does not
+    handle (not 2-D float32, mismatched k): the caller's FP32 path then
+    runs, or raises its usual ShapeError."""
     if a.ndim != 2 or b.ndim != 2 or a.dtype != np.float32 or b.dtype != np.float32:
         return None
     m, n, k, k2 = _dims(a, b, trans_a, trans_b)
     if k != k2:
         return None  # the FP32 path raises the backend's usual ShapeError
     variant = ("t" if trans_a else "n") + ("t" if trans_b else "n")
-    if gm.unsupported(fmt, variant, m, n, k) is not None:
-        return None  # checked on the simulator too, so both devices take the same path
     a, b = be._c(a), be._c(b)
     c = be.empty((m, n), np.float32)
     cp = be._cp
     if cp is None:  # simulator: the twin reads the rounded float32 values
-        grid, block = gm.launch_config(m, n)
-        be.launch(gm.TWINS[fmt][variant], grid, block, a, b, c)
+        if m and n:
+            grid, block = gm.launch_config(m, n)
+            be.launch(gm.TWINS[fmt][variant], grid, block, a, b, c)
         return c
-    sa, sb = _storage(cp, a, fmt), _storage(cp, b, fmt)
-    if gm.unsupported(fmt, variant, m, n, k, (sa.data.ptr, sb.data.ptr)) is not None:
-        return None  # a TF32 view into a larger buffer can start off a 16-byte boundary
-    gm.launch(sa, sb, c, trans_a, trans_b, fmt, stream=cp.cuda.get_current_stream())
+    gm.launch(_storage(cp, a, fmt), _storage(cp, b, fmt), c, trans_a, trans_b, fmt,
+              stream=cp.cuda.get_current_stream())
     return c

@@ -10,11 +10,13 @@
 //
 // Alignment (cp.async moves 16-byte chunks, both ends 16-byte aligned): the
 // base pointers of A and B must be 16-byte aligned and each stored row must
-// be a multiple of 16 bytes long: K and M (whichever is A's row length) and
-// N or K (B's) multiples of 8 for 16-bit inputs, of 4 for TF32. The launcher
-// (gemm_mma.py) checks this and sends other shapes to the FP32 path. Shapes
-// need not be multiples of the tiles: loads past an edge are zero-filled
-// (cp.async's src-size operand) and the epilogue stores only inside C.
+// be a multiple of 16 bytes long: K or M (whichever is A's row length) and
+// N or K (B's) multiples of 8 for 16-bit inputs, of 4 for TF32. Every kernel
+// has a twin <name>_unaligned that loads element by element instead, for any
+// shape and element-aligned bases; the launcher (gemm_mma.py) picks one.
+// Shapes need not be multiples of the tiles: loads past an edge are
+// zero-filled (cp.async's src-size operand, or explicit zeros) and the
+// epilogue stores only inside C.
 //
 // The tiling constants come from gemm_mma.py as -D options, so the Python
 // launcher (shared-memory size) and the numba twin (same layout, run in the
@@ -52,6 +54,9 @@ constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
 static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile: 16-row A loads, n16 B loads");
 
 // Per input width ELEM (2 or 4 bytes): the slab, the mma k and the strides.
+template <int ELEM> struct Elem { typedef unsigned short T; };
+template <> struct Elem<4> { typedef u32 T; };
+
 template <int ELEM> struct Layout {
     static constexpr int CE = 16 / ELEM;      // elements per 16-byte chunk
     static constexpr int BK = 64 / ELEM;      // slab depth: 64 bytes of k
@@ -102,10 +107,20 @@ __device__ __forceinline__ u32 to_tf32(u32 bits) {
     return r;
 }
 
+__device__ __forceinline__ void sts(u32 addr, unsigned short v) {
+    asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(v) : "memory");
+}
+__device__ __forceinline__ void sts(u32 addr, u32 v) {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
 // One ROWS x COLS slab of a row-major global matrix (rows_total x cols_total,
 // row stride cols_total) into shared memory at row stride STRIDE, starting at
-// global (r0, c0). Chunk i of the slab goes to thread i % THREADS.
-template <int ELEM, int ROWS, int COLS, int STRIDE>
+// global (r0, c0). Chunk i of the slab goes to thread i % THREADS. ASYNC: one
+// 16-byte cp.async per chunk (needs 16-byte aligned rows and base); otherwise
+// the chunk's elements one by one through registers, for any row length
+// (the _unaligned kernels: same layout, same ring, no overlap of the loads).
+template <int ELEM, int ROWS, int COLS, int STRIDE, bool ASYNC>
 __device__ __forceinline__ void load_slab(u32 dst, const char* g, int rows_total, int cols_total,
                                           int r0, int c0, int tid) {
     constexpr int CE = 16 / ELEM, CPR = COLS / CE, CHUNKS = ROWS * CPR;
@@ -115,6 +130,16 @@ __device__ __forceinline__ void load_slab(u32 dst, const char* g, int rows_total
         const int id = tid + i * THREADS;
         const int r = id / CPR, c = (id % CPR) * CE;
         const int gr = r0 + r, gc = c0 + c;
+        if constexpr (!ASYNC) {
+            using T = typename Elem<ELEM>::T;
+            const T* src = reinterpret_cast<const T*>(g) + (size_t)gr * cols_total + gc;
+            T v[CE];
+#pragma unroll
+            for (int e = 0; e < CE; ++e) v[e] = (gr < rows_total && gc + e < cols_total) ? src[e] : T(0);
+#pragma unroll
+            for (int e = 0; e < CE; ++e) sts(dst + (r * STRIDE + c + e) * ELEM, v[e]);
+            continue;
+        }
         int bytes = 0;
         const char* src = g;  // a valid address even when nothing is read
         if (gr < rows_total && gc < cols_total) {
@@ -125,14 +150,14 @@ __device__ __forceinline__ void load_slab(u32 dst, const char* g, int rows_total
     }
 }
 
-template <int ELEM, bool TA, bool TB>
+template <int ELEM, bool TA, bool TB, bool ASYNC>
 __device__ __forceinline__ void load_stage(u32 sA, u32 sB, const char* A, const char* B, int M,
                                            int N, int K, int m0, int n0, int k0, int tid) {
     using L = Layout<ELEM>;
-    if (TA) load_slab<ELEM, L::BK, BM, L::AROW>(sA, A, K, M, k0, m0, tid);
-    else    load_slab<ELEM, BM, L::BK, L::KROW>(sA, A, M, K, m0, k0, tid);
-    if (TB) load_slab<ELEM, BN, L::BK, L::KROW>(sB, B, N, K, n0, k0, tid);
-    else    load_slab<ELEM, L::BK, BN, L::BROW>(sB, B, K, N, k0, n0, tid);
+    if (TA) load_slab<ELEM, L::BK, BM, L::AROW, ASYNC>(sA, A, K, M, k0, m0, tid);
+    else    load_slab<ELEM, BM, L::BK, L::KROW, ASYNC>(sA, A, M, K, m0, k0, tid);
+    if (TB) load_slab<ELEM, BN, L::BK, L::KROW, ASYNC>(sB, B, N, K, n0, k0, tid);
+    else    load_slab<ELEM, L::BK, BN, L::BROW, ASYNC>(sB, B, K, N, k0, n0, tid);
 }
 
 // A fragment of the 16 x KSTEP tile at (row0, k0) of the slab: registers in
@@ -212,7 +237,7 @@ template <> __device__ __forceinline__ void mma<F16>(float (&c)[4], const u32 (&
     MMA_ASM("m16n8k16.row.col.f32.f16.f16.f32");
 }
 
-template <int PREC, bool TA, bool TB>
+template <int PREC, bool TA, bool TB, bool ASYNC>
 __device__ __forceinline__ void gemm(const void* __restrict__ Ap, const void* __restrict__ Bp,
                                      float* __restrict__ C, int M, int N, int K) {
     constexpr int ELEM = PREC == TF32 ? 4 : 2;
@@ -243,8 +268,8 @@ __device__ __forceinline__ void gemm(const void* __restrict__ Ap, const void* __
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < kslabs)
-            load_stage<ELEM, TA, TB>(s0 + s * STAGE_BYTES, s0 + s * STAGE_BYTES + A_BYTES, A, B, M, N,
-                                     K, m0, n0, s * L::BK, tid);
+            load_stage<ELEM, TA, TB, ASYNC>(s0 + s * STAGE_BYTES, s0 + s * STAGE_BYTES + A_BYTES, A,
+                                            B, M, N, K, m0, n0, s * L::BK, tid);
         cp_async_commit();
     }
     for (int kt = 0; kt < kslabs; ++kt) {
@@ -253,7 +278,8 @@ __device__ __forceinline__ void gemm(const void* __restrict__ Ap, const void* __
         const int next = kt + STAGES - 1;
         if (next < kslabs) {
             const u32 st = s0 + (next % STAGES) * STAGE_BYTES;
-            load_stage<ELEM, TA, TB>(st, st + A_BYTES, A, B, M, N, K, m0, n0, next * L::BK, tid);
+            load_stage<ELEM, TA, TB, ASYNC>(st, st + A_BYTES, A, B, M, N, K, m0, n0, next * L::BK,
+                                            tid);
         }
         cp_async_commit();
         const u32 sA = s0 + (kt % STAGES) * STAGE_BYTES, sB = sA + A_BYTES;
@@ -287,11 +313,18 @@ __device__ __forceinline__ void gemm(const void* __restrict__ Ap, const void* __
             }
 }
 
-#define GEMM_KERNEL(NAME, PREC, TA, TB)                                                  \
-    extern "C" __global__ void __launch_bounds__(THREADS)                                 \
-        NAME(const void* __restrict__ A, const void* __restrict__ B, float* __restrict__ C, \
-             int M, int N, int K) {                                                       \
-        gemm<PREC, TA, TB>(A, B, C, M, N, K);                                             \
+// Per precision and transposition: NAME (cp.async, aligned rows) and
+// NAME_unaligned (element loads, any shape).
+#define GEMM_KERNEL(NAME, PREC, TA, TB)                                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                   \
+        NAME(const void* __restrict__ A, const void* __restrict__ B, float* __restrict__ C,   \
+             int M, int N, int K) {                                                         \
+        gemm<PREC, TA, TB, true>(A, B, C, M, N, K);                                         \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                   \
+        NAME##_unaligned(const void* __restrict__ A, const void* __restrict__ B,              \
+                         float* __restrict__ C, int M, int N, int K) {                      \
+        gemm<PREC, TA, TB, false>(A, B, C, M, N, K);                                        \
     }
 
 GEMM_KERNEL(gemm_tf32_nn, TF32, false, false)

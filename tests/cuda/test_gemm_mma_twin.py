@@ -5,9 +5,10 @@ In the simulator the numba twin runs: the .cu kernel's tile loader, shared
 layout, stage ring, ldmatrix lane addressing, mma fragment layouts and
 epilogue, with the warp's register exchanges done through shared memory. On
 a real GPU the .cu kernel itself runs through CuPy on the same problems.
-Shapes are not multiples of the 128x128 block tile or of the k-slab; the
-dimensions that are stored rows are multiples of 16 bytes, as cp.async
-needs (gemm_mma.unsupported refuses the others, tested below).
+Shapes are not multiples of the 128x128 block tile or of the k-slab. Where
+the stored rows are whole 16-byte chunks the cp.async kernels run; the other
+shapes take the _unaligned kernels (element loads), whose twin is the same
+one: its loader zero-fills the partial chunks that only those shapes have.
 """
 import numpy as np
 import pytest
@@ -43,8 +44,9 @@ def stored(x, prec):
     return x.astype(gm.STORAGE[prec])
 
 
-def run(prec, variant, m, n, k, seed):
-    assert gm.unsupported(prec, variant, m, n, k) is None
+def run(prec, variant, m, n, k, seed, aligned=True):
+    # the shape is in the class the test means: cp.async kernel or element loads
+    assert (gm.misaligned(prec, variant, m, n, k) is None) == aligned
     a, b, ta, tb = operands(seed, prec, variant, m, n, k)
     c = poison_fill((m, n), np.float32)
     grid, block = gm.launch_config(m, n)
@@ -82,16 +84,30 @@ def test_deep_and_large(prec, variant, m, n, k):
     run(prec, variant, m, n, k, seed=m + n + k)
 
 
+# Rows that are not whole 16-byte chunks: the _unaligned kernels on a GPU,
+# partial chunks in the twin's loader.
+UNALIGNED = [("tf32", "nn", 70, 45, 37), ("bf16", "nt", 33, 20, 37), ("fp16", "tn", 35, 21, 24),
+             ("tf32", "tt", 19, 45, 13)] + big(
+    *[(p, v, 70, 45, 37) for p in PRECS for v in VARIANTS],
+    *[(p, "nn", 1001, 1003, 1021) for p in PRECS])
+
+
+@pytest.mark.parametrize("prec,variant,m,n,k", UNALIGNED)
+def test_unaligned(prec, variant, m, n, k):
+    run(prec, variant, m, n, k, seed=m * n + k, aligned=False)
+
+
 def test_alignment_rules():
     # Stored rows must be whole 16-byte chunks: 8 halves or 4 floats.
-    assert gm.unsupported("bf16", "nn", 70, 45, 40) is not None   # B (K, N): 45 halves a row
-    assert gm.unsupported("bf16", "nt", 70, 45, 40) is None       # A and B rows are K long
-    assert gm.unsupported("bf16", "tn", 70, 48, 40) is not None   # A (K, M): 70 halves
-    assert gm.unsupported("tf32", "tn", 68, 44, 3) is None
-    assert gm.unsupported("tf32", "nt", 68, 44, 6) is not None
-    assert gm.unsupported("fp16", "nt", 8, 8, 8, pointers=(0x1000, 0x1008)) is not None
+    assert gm.misaligned("bf16", "nn", 70, 45, 40) is not None   # B (K, N): 45 halves a row
+    assert gm.misaligned("bf16", "nt", 70, 45, 40) is None       # A and B rows are K long
+    assert gm.misaligned("bf16", "tn", 70, 48, 40) is not None   # A (K, M): 70 halves
+    assert gm.misaligned("tf32", "tn", 68, 44, 3) is None
+    assert gm.misaligned("tf32", "nt", 68, 44, 6) is not None
+    assert gm.misaligned("fp16", "nt", 8, 8, 8, pointers=(0x1000, 0x1008)) is not None
     with pytest.raises(ValueError, match="precision"):
-        gm.unsupported("fp8", "nn", 8, 8, 8)
+        gm.misaligned("fp8", "nn", 8, 8, 8)
+    assert gm.kernel_name("fp16", "tn", aligned=False) == "gemm_f16_tn_unaligned"
 
 
 def test_shared_memory_fits():
@@ -107,11 +123,15 @@ def test_backend_tensor_core_path(be):
     a, b, ta, tb = operands(5, "bf16", "nt", m, n, k)
     with poisoned(be):
         got = cuda_mma.matmul(be, be.asarray(a), be.asarray(b), ta, tb, "bf16")
-    assert got is not None, "the tensor-core path declined an aligned problem"
+    assert got is not None, "the tensor-core path declined a 2-D float32 problem"
     check(host(be, got), reference(a, b, ta, tb), rtol=1e-4, atol=1e-5 * k)
-    # rows of 17 halves cannot be cp.async'd: declined, for the FP32 path to take
+    # rows of 17 halves: the element-load kernel on a GPU
     a, b, ta, tb = operands(6, "bf16", "nn", m, n, k)
-    assert cuda_mma.matmul(be, be.asarray(a), be.asarray(b), ta, tb, "bf16") is None
+    with poisoned(be):
+        got = cuda_mma.matmul(be, be.asarray(a), be.asarray(b), ta, tb, "bf16")
+    check(host(be, got), reference(a, b, ta, tb), rtol=1e-4, atol=1e-5 * k)
+    # not this path's to handle: the FP32 path raises the backend's ShapeError
+    assert cuda_mma.matmul(be, be.asarray(a), be.asarray(a), False, False, "bf16") is None
 
 
 def test_lowp_matmul_uses_tensor_cores_when_enabled(be, monkeypatch):
@@ -122,7 +142,7 @@ def test_lowp_matmul_uses_tensor_cores_when_enabled(be, monkeypatch):
 
     def spy(*args):
         out = real(*args)
-        calls.append(out is not None)  # False: declined, FP32 path
+        calls.append(out is not None)  # False: declined, the FP32 path ran
         return out
     monkeypatch.setattr(cuda_mma, "matmul", spy)
     m, n, k = 20, 9, 16
