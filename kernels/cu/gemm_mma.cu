@@ -45,6 +45,7 @@
 #endif
 
 typedef unsigned int u32;
+enum { TF32 = 0, BF16 = 1, F16 = 2 };
 
 constexpr int BM = GEMM_BM, BN = GEMM_BN, STAGES = GEMM_STAGES;
 constexpr int WARPS_M = GEMM_WARPS_M, WARPS_N = GEMM_WARPS_N;
@@ -71,6 +72,14 @@ template <int ELEM, bool TA> __device__ constexpr int a_tile_elems() {
 template <int ELEM, bool TB> __device__ constexpr int b_tile_elems() {
     return TB ? BN * Layout<ELEM>::KROW : Layout<ELEM>::BK * Layout<ELEM>::BROW;
 }
+
+// ---- the PTX: every instruction numba cannot emit, and the dynamic shared
+// memory, in one place. tests/host_cuda/mma_emu.h defines GEMM_MMA_EMULATED and
+// supplies host versions with the PTX ISA's semantics (warp-collective
+// ldmatrix and mma through a per-warp exchange, cp.async landing late), so
+// everything below this block runs unchanged on the CPU in the tests.
+#ifndef GEMM_MMA_EMULATED
+#define GEMM_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     return static_cast<u32>(__cvta_generic_to_shared(p));
@@ -113,6 +122,25 @@ __device__ __forceinline__ void sts(u32 addr, unsigned short v) {
 __device__ __forceinline__ void sts(u32 addr, u32 v) {
     asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
+
+template <int PREC> __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]);
+
+#define MMA_ASM(SHAPE_TYPES)                                                                   \
+    asm("mma.sync.aligned." SHAPE_TYPES " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n" \
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                       \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+
+template <> __device__ __forceinline__ void mma<TF32>(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    MMA_ASM("m16n8k8.row.col.f32.tf32.tf32.f32");
+}
+template <> __device__ __forceinline__ void mma<BF16>(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    MMA_ASM("m16n8k16.row.col.f32.bf16.bf16.f32");
+}
+template <> __device__ __forceinline__ void mma<F16>(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    MMA_ASM("m16n8k16.row.col.f32.f16.f16.f32");
+}
+#endif  // GEMM_MMA_EMULATED
+
 
 // One ROWS x COLS slab of a row-major global matrix (rows_total x cols_total,
 // row stride cols_total) into shared memory at row stride STRIDE, starting at
@@ -219,24 +247,6 @@ __device__ __forceinline__ void load_b2(u32 (&b0)[2], u32 (&b1)[2], u32 sB, int 
     b0[0] = r[0]; b0[1] = r[1]; b1[0] = r[2]; b1[1] = r[3];
 }
 
-template <int PREC> __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]);
-
-#define MMA_ASM(SHAPE_TYPES)                                                                   \
-    asm("mma.sync.aligned." SHAPE_TYPES " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n" \
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                       \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
-
-enum { TF32 = 0, BF16 = 1, F16 = 2 };
-template <> __device__ __forceinline__ void mma<TF32>(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
-    MMA_ASM("m16n8k8.row.col.f32.tf32.tf32.f32");
-}
-template <> __device__ __forceinline__ void mma<BF16>(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
-    MMA_ASM("m16n8k16.row.col.f32.bf16.bf16.f32");
-}
-template <> __device__ __forceinline__ void mma<F16>(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
-    MMA_ASM("m16n8k16.row.col.f32.f16.f16.f32");
-}
-
 template <int PREC, bool TA, bool TB, bool ASYNC>
 __device__ __forceinline__ void gemm(const void* __restrict__ Ap, const void* __restrict__ Bp,
                                      float* __restrict__ C, int M, int N, int K) {
@@ -245,7 +255,7 @@ __device__ __forceinline__ void gemm(const void* __restrict__ Ap, const void* __
     constexpr int A_BYTES = a_tile_elems<ELEM, TA>() * ELEM;
     constexpr int STAGE_BYTES = A_BYTES + b_tile_elems<ELEM, TB>() * ELEM;
     static_assert(A_BYTES % 16 == 0 && STAGE_BYTES % 16 == 0, "cp.async targets 16-byte aligned");
-    extern __shared__ __align__(16) unsigned char smem[];
+    GEMM_DYNAMIC_SMEM(smem);
     const u32 s0 = smem_addr(smem);
 
     const char* A = static_cast<const char*>(Ap);
