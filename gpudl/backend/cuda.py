@@ -300,17 +300,19 @@ class CUDABackend(CUDAActivations, Backend):
 
     def conv2d(self, x, w, stride, pads, dilation, groups=1, precision=None):
         x, w = self._lowp(precision, x, w)
-        return cuda_conv.conv2d(self, x, w, stride, pads, dilation, groups)
+        return cuda_conv.conv2d(self, x, w, stride, pads, dilation, groups, fmt=precision)
 
     def conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups=1,
                               precision=None):
         dy, w = self._lowp(precision, dy, w)
-        return cuda_conv.conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups)
+        return cuda_conv.conv2d_backward_input(self, dy, w, in_hw, stride, pads, dilation, groups,
+                                               fmt=precision)
 
     def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1,
                                precision=None):
         dy, x = self._lowp(precision, dy, x)
-        return cuda_conv.conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups)
+        return cuda_conv.conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups,
+                                                fmt=precision)
 
     def add_channel_bias(self, y, b):
         cuda_conv.add_channel_bias(self, y, b)

@@ -6,8 +6,17 @@ kernels/conv.py and kernels/conv_implicit.py); None picks direct for
 depthwise convolutions, where each group is a one-channel GEMM, and
 CONV_DEFAULT otherwise. A version named explicitly runs as asked, depthwise
 included.
+
+``fmt`` is the precision the backend op was called with ("tf32", "bf16",
+"fp16" or None); the inputs arrive already rounded to it. With
+GPUDL_TENSOR_CORES=1 (cuda_lowp.tensor_cores_enabled) the im2col version's
+GEMMs run on the tensor-core kernels (cuda_mma.matmul); otherwise, and for
+the direct version, the FP32 kernels run on the rounded inputs, which gives
+the same values up to the order of the FP32 sums.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..convshape import (check_grad_shape, check_groups, check_groups_arg, check_ndim4,
                          conv_output_hw)
@@ -17,6 +26,7 @@ from ..kernels import conv_implicit as ci
 from ..kernels import elementwise as ew
 from ..kernels import matmul as mm
 from ..kernels import reduce as rk
+from . import cuda_lowp
 
 
 SIM_REDUCE_THREADS = 16
@@ -44,9 +54,22 @@ def _geometry(stride, pads, dilation):
             int(pads[0]), int(pads[2]))
 
 
-def _matmuls(be, variant, a, b, c):
+def _tensor_cores(be, fmt, dtype):
+    return fmt is not None and dtype == np.float32 and cuda_lowp.tensor_cores_enabled(be)
+
+
+def _matmuls(be, variant, a, b, c, fmt=None):
     """c[g] = op(a[g]) @ op(b[g]) for each group: one launch per group of the
-    default matmul on contiguous 2-D slices."""
+    default matmul on contiguous 2-D slices, or of the tensor-core GEMM
+    writing straight into c[g] when _tensor_cores() says so."""
+    if _tensor_cores(be, fmt, c.dtype):
+        from . import cuda_mma
+        ta, tb = variant[0] == "t", variant[1] == "t"
+        for g in range(c.shape[0]):
+            # 2-D float32 slices of matching shapes: the hook never declines these
+            if cuda_mma.matmul(be, a[g], b[g], ta, tb, fmt, out=c[g]) is None:
+                raise AssertionError(f"cuda_mma declined a {variant} conv GEMM of group {g}")
+        return
     kernel = mm.KERNELS[mm.MATMUL_DEFAULT][variant]
     grid, block = mm.launch_config(mm.MATMUL_DEFAULT, c.shape[1], c.shape[2])
     for g in range(c.shape[0]):
@@ -71,7 +94,7 @@ def _im2col(be, x, k_hw, out_hw, geo, groups):
     return cols
 
 
-def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None):
+def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None, fmt=None):
     check_ndim4("conv2d", x=x, w=w)
     x, w = be._pair(x, w)
     n, c, h, wd = x.shape
@@ -90,11 +113,12 @@ def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None):
         return y
     cols = _im2col(be, x, (kh, kw), (oh, ow), geo, g)
     ycols = be.empty((g, og, n * oh * ow), x.dtype)  # row o of y^T = w[o] . window
-    _matmuls(be, "nt", w.reshape(g, og, cg * kh * kw), cols, ycols)
+    _matmuls(be, "nt", w.reshape(g, og, cg * kh * kw), cols, ycols, fmt)
     return _swap01(be, ycols.reshape(o, n, oh * ow), (n, o, oh * ow)).reshape(n, o, oh, ow)
 
 
-def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, version=None):
+def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, version=None,
+                          fmt=None):
     check_ndim4("conv2d_backward_input", dy=dy, w=w)
     dy, w = be._pair(dy, w)
     n, o, oh, ow = dy.shape
@@ -115,12 +139,13 @@ def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, ve
         return dx
     dyt = _swap01(be, dy.reshape(n, o, oh * ow), (o, n, oh * ow)).reshape(g, og, n * oh * ow)
     dcols = be.empty((g, n * oh * ow, cg * kh * kw), dy.dtype)
-    _matmuls(be, "tn", dyt, w.reshape(g, og, cg * kh * kw), dcols)
+    _matmuls(be, "tn", dyt, w.reshape(g, og, cg * kh * kw), dcols, fmt)
     be._launch_flat(ck.col2im, dx.size, dcols, dx, kh, kw, oh, ow, *geo)
     return dx
 
 
-def conv2d_backward_weight(be, dy, x, k_hw, stride, pads, dilation, groups=1, version=None):
+def conv2d_backward_weight(be, dy, x, k_hw, stride, pads, dilation, groups=1, version=None,
+                           fmt=None):
     check_ndim4("conv2d_backward_weight", dy=dy, x=x)
     dy, x = be._pair(dy, x)
     n, c, h, wd = x.shape
@@ -140,7 +165,7 @@ def conv2d_backward_weight(be, dy, x, k_hw, stride, pads, dilation, groups=1, ve
         return dw
     cols = _im2col(be, x, (kh, kw), (oh, ow), geo, g)
     dyt = _swap01(be, dy.reshape(n, o, oh * ow), (o, n, oh * ow)).reshape(g, og, n * oh * ow)
-    _matmuls(be, "nn", dyt, cols, dw.reshape(g, og, cg * kh * kw))
+    _matmuls(be, "nn", dyt, cols, dw.reshape(g, og, cg * kh * kw), fmt)
     return dw
 
 

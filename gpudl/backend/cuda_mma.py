@@ -30,18 +30,24 @@ def _storage(cp, x, fmt):
     return x  # TF32: float32 storage, rounded by cvt.rna in the kernel (a no-op here)
 
 
-def matmul(be, a, b, trans_a, trans_b, fmt):
+def matmul(be, a, b, trans_a, trans_b, fmt, out=None):
     """C = op(a) @ op(b) on tensor cores; None for what this path does not
     handle (not 2-D float32, mismatched k): the caller's FP32 path then
-    runs, or raises its usual ShapeError."""
+    runs, or raises its usual ShapeError. out: a C-contiguous float32 (m, n)
+    array (a view, such as one group's slice of a 3-D result) to write C
+    into instead of a new one, so callers need no copy."""
     if a.ndim != 2 or b.ndim != 2 or a.dtype != np.float32 or b.dtype != np.float32:
         return None
     m, n, k, k2 = _dims(a, b, trans_a, trans_b)
     if k != k2:
         return None  # the FP32 path raises the backend's usual ShapeError
     variant = ("t" if trans_a else "n") + ("t" if trans_b else "n")
+    if out is not None and (tuple(out.shape) != (m, n) or out.dtype != np.float32
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"cuda_mma.matmul: out must be C-contiguous float32 of shape {(m, n)}, "
+                         f"got {out.dtype} of shape {tuple(out.shape)}")
     a, b = be._c(a), be._c(b)
-    c = be.empty((m, n), np.float32)
+    c = be.empty((m, n), np.float32) if out is None else out
     cp = be._cp
     if cp is None:  # simulator: the twin reads the rounded float32 values
         if m and n:
