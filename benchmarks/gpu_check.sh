@@ -17,13 +17,17 @@
 #   6. the launch-overhead benchmark (benchmarks/launch_overhead.py, if present)
 #   7. the tensor-core GEMM per precision against cuBLAS of the same precision
 #      (benchmarks/gemm_precision.py; its correctness tests ran in step 2)
-#   8. the main job, gpudl train --device cuda, if time is left
+#   8. reduced precision on the ResNet (benchmarks/precision_step.py): its whole step
+#      under bf16-mixed vs torch.autocast and fp32 vs fp32, then its 3x3 convolutions
+#      per precision vs cuDNN of the same precision, GPUDL_TENSOR_CORES off and on
+#   9. the main job, gpudl train --device cuda, if time is left
 # and prints a short table last. Everything goes to $OUT (else
 # ./gpu-check-out): gpu-check.log (the full log), sanitizer.log, bench.json,
 # RESULTS-gpu.md (the entry to append to benchmarks/RESULTS.md), graph-step.json,
-# launch.json, gemm-precision.json, train-gpu.json.
-# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_FAST T_SAN T_BENCH T_STEP T_LAUNCH T_MMA T_TRAIN
-# (seconds), MMA_SIZES ("1024 2048 4096 8192"),
+# launch.json, gemm-precision.json, precision-step.json, train-gpu.json.
+# Knobs: GPU_CHECK_BUDGET, T_INSTALL T_TESTS T_FAST T_SAN T_BENCH T_STEP T_LAUNCH T_MMA T_PREC
+# T_TRAIN (seconds), MMA_SIZES ("1024 2048 4096 8192"),
+# PREC_ARGS ("--step-batch 64 256 --conv-batch 64": precision_step's cases),
 # GPU_CHECK_GROUPS ("gemm conv memory train"), GPU_CHECK_WORKERS (pytest -n, 0 = off),
 # GPU_CHECK_CPU=1 (also the CPU test suite), PYTHON.
 set -uo pipefail
@@ -165,7 +169,7 @@ else
 fi
 
 step "tensor-core GEMM: python -m benchmarks.gemm_precision (TF32, BF16, FP16 vs cuBLAS)"
-T=$(limit ${T_MMA:-60} 20)
+T=$(limit ${T_MMA:-60} 50)
 if (( T < 20 )); then
   echo "tensor-core GEMM benchmark SKIPPED: out of time"; mma_rc="skipped (time)"
 else
@@ -173,6 +177,20 @@ else
   timeout -k 5 $T $PY -m benchmarks.gemm_precision --sizes ${MMA_SIZES:-1024 2048 4096 8192} \
     --json "$OUT/gemm-precision.json" 2>&1 | tail -25
   mma_rc=${PIPESTATUS[0]}; [ "$mma_rc" = 0 ] || status=1
+fi
+
+step "precision: python -m benchmarks.precision_step (ResNet step and 3x3 convs vs PyTorch)"
+T=$(limit ${T_PREC:-60} 20)
+if (( T < 30 )); then
+  echo "precision benchmark SKIPPED: out of time"; prec_rc="skipped (time)"
+else
+  # the step first: bf16-mixed against autocast is the headline, and it compiles the conv
+  # kernels the per-op part reuses. Each case is checked before it is timed (a wrong one
+  # fails the step); --budget: cases not started 15 s before the hard limit are skipped
+  timeout -k 5 $T $PY -m benchmarks.precision_step --device cuda --parts step conv \
+    ${PREC_ARGS:---step-batch 64 256 --conv-batch 64} --budget $(( T - 15 )) \
+    --json "$OUT/precision-step.json" 2>&1 | tail -100
+  prec_rc=${PIPESTATUS[0]}; [ "$prec_rc" = 0 ] || status=1
 fi
 
 step "main job on the GPU: gpudl train --device cuda"
@@ -193,6 +211,7 @@ printf '%-34s %s\n' "GPU tests (tests/cuda)" "$(rcword "$gpu_rc")" \
   "step benchmark (graph_step)" "$(rcword "$gstep_rc" ok)" \
   "launch overhead" "$(rcword "$launch_rc" ok)" \
   "tensor-core GEMM (gemm_precision)" "$(rcword "$mma_rc" ok)" \
+  "precision (precision_step)" "$(rcword "$prec_rc" ok)" \
   "gpudl train --device cuda" "$(rcword "$train_rc")"
 [ -f "$OUT/train-gpu.json" ] && $PY -c "import json;m=json.load(open('$OUT/train-gpu.json'));print(f\"train: test accuracy {m['test_accuracy']:.4f} in {m['seconds']:.1f} s on {m['device_name']}\")"
 [ -f "$OUT/bench.json" ] && $PY -m benchmarks.summary "$OUT/bench.json"
@@ -204,6 +223,11 @@ for r in d['rows']:  # model, batch, 4 times, 3 ratios (gpudl/torch time)
           f'gpudl graph/torch eager {r[6]}, /torch graph {r[7]}, gpudl eager/torch eager {r[8]}')
 t, s = d.get('train') or {}, lambda v: f'{v:.1f} s' if isinstance(v, float) else v
 print(f\"gpudl train on digits, wall: --device cuda {s(t.get('cuda'))}, cpu {s(t.get('cpu'))}\")"
+[ -f "$OUT/precision-step.json" ] && $PY -c "
+import json
+d = json.load(open('$OUT/precision-step.json'))
+for r in (d.get('step') or {}).get('rows', []):  # batch, policy, TC, gpudl ms, torch ms, torch/gpudl
+    print(f'precision step b{r[0]} {r[1]} TC {r[2]}: ms gpudl {r[3]}, torch {r[4]}; torch/gpudl {r[5]}')"
 echo "total $(( SECONDS - START )) s; logs in $OUT"
 return $status
 }
