@@ -21,13 +21,14 @@ install: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/gpudl train $(ARGS)
 
-# Two pytest runs: numba reads NUMBA_ENABLE_CUDASIM once, at import. The
-# simulator runs each CUDA thread as Python, so its tests are spread over every
-# core with pytest-xdist.
+# Two pytest runs: numba reads NUMBA_ENABLE_CUDASIM once, at import. Both are
+# spread over every core with pytest-xdist: the CPU run by module (loadscope:
+# a module's compile-once fixtures stay on one worker), the simulator, which
+# runs each CUDA thread as Python, test by test.
 test: test-cpu test-sim
 
 test-cpu: $(STAMP)
-	$(PY) -m pytest $(PYTEST_FLAGS) tests
+	$(PY) -m pytest $(PYTEST_FLAGS) -n auto --dist loadscope tests
 
 test-sim: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(PYTEST_FLAGS) -n auto tests/cuda

@@ -85,12 +85,12 @@ def test_mixed_precision_step_matches_cpu(policy):
     for model in (cpu_model, gpu_model):
         tr = gpudl.Trainer(model, gpudl.losses.CrossEntropy(), gpudl.optim.SGD(0.1, momentum=0.9),
                            precision=policy)
-        hist = tr.fit(x, y, epochs=2, batch_size=2, seed=0, verbose=False)
+        hist = tr.fit(x, y, epochs=1, batch_size=2, seed=0, verbose=False)
         results.append((hist, model.state_arrays(), tr.loss_scaler))
     (h_cpu, w_cpu, s_cpu), (h_gpu, w_gpu, s_gpu) = results
     np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-4, atol=1e-5)
     if policy == "fp16-mixed":
-        assert s_cpu.state_dict() == s_gpu.state_dict() and s_cpu.good_steps == 4
+        assert s_cpu.state_dict() == s_gpu.state_dict() and s_cpu.good_steps == 2
     for k in w_cpu:
         assert not np.allclose(w_cpu[k], start[k]), f"{k} did not train"
         # one rounding boundary crossed differently moves a weight by a BF16 step
