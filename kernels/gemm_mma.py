@@ -170,10 +170,11 @@ _SMEM = STAGES * _MAX_STAGE
 _WARPS = WARPS_M * WARPS_N
 
 
-def _make_twin(prec, ta, tb):
+def twin_parts(prec, ta, tb):
+    """The twin's slab loader (cp.async's chunk map, zero fill) and k-step
+    (ldmatrix and mma emulated lane by lane) as device functions, for the
+    GEMM twin below and the convolution twins of kernels/conv_mma.py."""
     ce, bk, kdepth, krow, arow, brow = layout(prec)
-    a_elems = tile_elems(prec, ("t" if ta else "n") + ("t" if tb else "n"))[0]
-    stage = sum(tile_elems(prec, ("t" if ta else "n") + ("t" if tb else "n")))
     wide = ELEM[prec] == 2  # 16-bit: m16n8k16, two elements per register
     na = 8 if wide else 4   # A fragment elements per lane
     nb = 4 if wide else 2   # B fragment elements per lane
@@ -193,17 +194,6 @@ def _make_twin(prec, ta, tb):
                 valid = min(ce, cols_total - gc)
             for e in range(ce):
                 s[dst + r * stride + c + e] = g[gr, gc + e] if e < valid else float32(0)
-
-    @cuda.jit(device=True)
-    def load_stage(s, st, a, b, m, n, k, m0, n0, k0, tid):
-        if ta:
-            load_slab(s, st, a, k, m, k0, m0, tid, bk, BM, arow)
-        else:
-            load_slab(s, st, a, m, k, m0, k0, tid, BM, bk, krow)
-        if tb:
-            load_slab(s, st + a_elems, b, n, k, n0, k0, tid, BN, bk, krow)
-        else:
-            load_slab(s, st + a_elems, b, k, n, k0, n0, tid, bk, BN, brow)
 
     @cuda.jit(device=True)
     def ldsm_gather(s, addr, w, slot, lane, trans, out):
@@ -298,6 +288,25 @@ def _make_twin(prec, ta, tb):
                             eb = kk >> 2
                         v += fa[w, la, i, ea] * fb[w, lb, j, eb]
                     acc[i, j, e] = v
+    return load_slab, mma_step
+
+
+def _make_twin(prec, ta, tb):
+    _, bk, kdepth, krow, arow, brow = layout(prec)
+    a_elems = tile_elems(prec, ("t" if ta else "n") + ("t" if tb else "n"))[0]
+    stage = sum(tile_elems(prec, ("t" if ta else "n") + ("t" if tb else "n")))
+    load_slab, mma_step = twin_parts(prec, ta, tb)
+
+    @cuda.jit(device=True)
+    def load_stage(s, st, a, b, m, n, k, m0, n0, k0, tid):
+        if ta:
+            load_slab(s, st, a, k, m, k0, m0, tid, bk, BM, arow)
+        else:
+            load_slab(s, st, a, m, k, m0, k0, tid, BM, bk, krow)
+        if tb:
+            load_slab(s, st + a_elems, b, n, k, n0, k0, tid, BN, bk, krow)
+        else:
+            load_slab(s, st + a_elems, b, k, n, k0, n0, tid, bk, BN, brow)
 
     @cuda.jit
     def twin(a, b, c):

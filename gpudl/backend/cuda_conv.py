@@ -10,7 +10,8 @@ included.
 ``fmt`` is the precision the backend op was called with ("tf32", "bf16",
 "fp16" or None); the inputs arrive already rounded to it. With
 GPUDL_TENSOR_CORES=1 (cuda_lowp.tensor_cores_enabled) the im2col version's
-GEMMs run on the tensor-core kernels (cuda_mma.matmul); otherwise, and for
+GEMMs run on the tensor-core kernels (cuda_mma.matmul) and the implicit
+version on kernels/cu/conv_mma.cu (cuda_conv_mma.py); otherwise, and for
 the direct version, the FP32 kernels run on the rounded inputs, which gives
 the same values up to the order of the FP32 sums.
 """
@@ -26,7 +27,7 @@ from ..kernels import conv_implicit as ci
 from ..kernels import elementwise as ew
 from ..kernels import matmul as mm
 from ..kernels import reduce as rk
-from . import cuda_lowp
+from . import cuda_conv_mma, cuda_lowp
 
 
 SIM_REDUCE_THREADS = 16
@@ -107,6 +108,8 @@ def conv2d(be, x, w, stride, pads, dilation, groups=1, version=None, fmt=None):
         be._launch_flat(ck.conv2d_direct_fwd, y.size, x, w, y, *geo)
         return y
     if _version(version, g, cg) == "implicit":
+        if _tensor_cores(be, fmt, x.dtype):
+            return cuda_conv_mma.conv2d(be, x, w, (oh, ow), stride, pads, dilation, g, fmt)
         y = be.empty((n, o, oh, ow), x.dtype)
         be.launch(ci.conv2d_implicit_fwd, (_cdiv(n * oh * ow, mm.BN), _cdiv(og, mm.BM), g),
                   (mm.TX, mm.TY), x, w, y, *geo)
@@ -134,6 +137,9 @@ def conv2d_backward_input(be, dy, w, in_hw, stride, pads, dilation, groups=1, ve
         be._launch_flat(ck.conv2d_direct_bwd_input, dx.size, dy, w, dx, *geo)
         return dx
     if _version(version, g, cg) == "implicit":
+        if _tensor_cores(be, fmt, dy.dtype):
+            return cuda_conv_mma.conv2d_backward_input(be, dy, w, (h, wd), stride, pads,
+                                                       dilation, g, fmt)
         be.launch(ci.conv2d_implicit_bwd_input, (_cdiv(n * h * wd, mm.BN), _cdiv(cg, mm.BM), g),
                   (mm.TX, mm.TY), dy, w, dx, *geo)
         return dx
@@ -161,6 +167,9 @@ def conv2d_backward_weight(be, dy, x, k_hw, stride, pads, dilation, groups=1, ve
         bwd_weight_direct(be, dy, x, dw, geo)
         return dw
     if _version(version, g, cg) == "implicit":
+        if _tensor_cores(be, fmt, x.dtype):
+            return cuda_conv_mma.conv2d_backward_weight(be, dy, x, dw, stride, pads, dilation, g,
+                                                        fmt)
         bwd_weight_implicit(be, dy, x, dw, geo, g)
         return dw
     cols = _im2col(be, x, (kh, kw), (oh, ow), geo, g)

@@ -323,6 +323,10 @@ __device__ __forceinline__ void gemm(const void* __restrict__ Ap, const void* __
             }
 }
 
+// conv_mma.cu includes this file for the pieces above (PTX wrappers, slab
+// layouts, fragment loaders) and defines GEMM_MMA_NO_ENTRIES to leave out
+// the GEMM entries below.
+#ifndef GEMM_MMA_NO_ENTRIES
 // Per precision and transposition: NAME (cp.async, aligned rows) and
 // NAME_unaligned (element loads, any shape).
 #define GEMM_KERNEL(NAME, PREC, TA, TB)                                                    \
@@ -349,3 +353,4 @@ GEMM_KERNEL(gemm_f16_nn, F16, false, false)
 GEMM_KERNEL(gemm_f16_nt, F16, false, true)
 GEMM_KERNEL(gemm_f16_tn, F16, true, false)
 GEMM_KERNEL(gemm_f16_tt, F16, true, true)
+#endif  // GEMM_MMA_NO_ENTRIES

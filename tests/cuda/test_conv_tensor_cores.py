@@ -104,3 +104,52 @@ def test_out_argument_checked(be):
     out = be.empty((2, 4, 4), np.float32)
     cuda_mma.matmul(be, a, a, False, True, "bf16", out=out[1])
     check(host(be, out)[1], np.full((4, 4), 3, np.float32), rtol=0, atol=0)
+
+
+# ---- implicit GEMM on tensor cores (kernels/cu/conv_mma.cu) ---------------------
+@pytest.fixture
+def conv_mma_ops(monkeypatch):
+    """The conv_mma kernels the implicit version launched, by op name."""
+    from gpudl.backend import cuda_conv_mma
+    ops = []
+    real = cuda_conv_mma._run
+
+    def spy(be, op, *args, **kwargs):
+        ops.append(op)
+        return real(be, op, *args, **kwargs)
+    monkeypatch.setattr(cuda_conv_mma, "_run", spy)
+    return ops
+
+
+# Besides CASES (weights of 27, 12 and 18 elements a row: the gathering
+# forward entry): rows of whole 16-byte chunks (the cp.async entry), 130
+# output channels (two block rows of the forward and the weight gradient),
+# 144 pixels (two block columns; the weight gradient split two ways), 130
+# input channels (two block rows of the input gradient; 5 k-slabs through the
+# 3-stage ring in the forward).
+IMPLICIT_CASES = CASES + [
+    ("bf16", C(2, 8, 5, 6, 3, (2, 2), stride=(1, 2), pads=(1, 0, 0, 1))),
+    ("tf32", C(2, 4, 9, 8, 130, (1, 1))),
+    ("fp16", C(1, 130, 3, 3, 2, (1, 1), stride=(2, 1))),
+]
+
+
+def fwd_entry(fmt, cfg):
+    from gpudl.kernels import conv_mma
+    k = cfg.c // cfg.groups * cfg.k[0] * cfg.k[1]
+    return "fwd" if conv_mma.misaligned(fmt, k) is None else "fwd_unaligned"
+
+
+def test_cases_reach_both_forward_entries():
+    assert {fwd_entry(f, c) for f, c in IMPLICIT_CASES} == {"fwd", "fwd_unaligned"}
+
+
+@pytest.mark.parametrize("fmt,cfg", IMPLICIT_CASES, ids=str)
+def test_implicit_on_tensor_cores(be, cpu, monkeypatch, conv_mma_ops, mma_calls, fmt, cfg):
+    monkeypatch.setenv("GPUDL_TENSOR_CORES", "1")
+    x, w, dy = cfg.inputs(cfg.c * 5 + cfg.o)
+    with poisoned(be):
+        got = run_ops(be, cfg, x, w, dy, fmt, version="implicit")
+    assert conv_mma_ops == [fwd_entry(fmt, cfg), "bwd_input", "bwd_weight"]
+    assert mma_calls == []  # the implicit version never builds the im2col matrix
+    check_all(cfg, [host(be, g) for g in got], lowp_references(cpu, cfg, x, w, dy, fmt))
