@@ -70,13 +70,14 @@ struct EmuCopy {
     unsigned dst;
     const void* src;
     int bytes;
+    int size;  // cp-size: 16, or 4 (conv_mma.cu's element copies); bytes..size zero-filled
 };
 inline thread_local std::vector<EmuCopy> emu_open;                 // not yet committed
 inline thread_local std::vector<std::vector<EmuCopy>> emu_groups;  // committed, oldest first
 
 inline void emu_land(const EmuCopy& c) {
     std::memcpy(emu_smem + c.dst, c.src, c.bytes);
-    std::memset(emu_smem + c.dst + c.bytes, 0, 16 - c.bytes);
+    std::memset(emu_smem + c.dst + c.bytes, 0, c.size - c.bytes);
 }
 
 inline void cp_async16(unsigned dst, const void* src, int bytes) {
@@ -87,7 +88,20 @@ inline void cp_async16(unsigned dst, const void* src, int bytes) {
                  (long)(reinterpret_cast<std::uintptr_t>(src) % 16), bytes);
         return;
     }
-    EmuCopy c{dst, src, bytes};
+    EmuCopy c{dst, src, bytes, 16};
+    if (emu_late) emu_open.push_back(c);
+    else emu_land(c);
+}
+// cp.async.ca with cp-size 4 (kernels/cu/conv_mma.cu's gathered elements)
+inline void cp_async4(unsigned dst, const void* src, int bytes) {
+    if (!emu_ok(dst, 4, 4)) return;
+    if (bytes != 0 && bytes != 4) { emu_fail("cp.async src-size out of range", bytes, 4); return; }
+    if (bytes > 0 && reinterpret_cast<std::uintptr_t>(src) % 4) {
+        emu_fail("cp.async from a global address not 4-byte aligned (addr % 4, bytes)",
+                 (long)(reinterpret_cast<std::uintptr_t>(src) % 4), bytes);
+        return;
+    }
+    EmuCopy c{dst, src, bytes, 4};
     if (emu_late) emu_open.push_back(c);
     else emu_land(c);
 }
