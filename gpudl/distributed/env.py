@@ -89,10 +89,14 @@ def _install_abort_hook(comm):
     previous = sys.excepthook
 
     def hook(kind, value, tb):
+        # The one line first: another rank may abort the job (a timeout of its
+        # own) while this one is still writing the traceback.
+        print(f"gpudl.distributed: rank {comm.rank}: uncaught {kind.__name__}: {value}; "
+              f"aborting the job", file=sys.stderr, flush=True)
         try:
             previous(kind, value, tb)
         finally:
-            comm.abort(1, f"uncaught {kind.__name__}: {value}; aborting the job")
+            comm.abort(1)
     sys.excepthook = hook
 
 
