@@ -101,8 +101,9 @@ def main(argv=None):
         else:
             os.environ["GPUDL_TENSOR_CORES"] = old_tc
     record("Convolution kernel versions (GPU; fp32, or tensor cores per precision)", gpu_name(),
-           ["layer", "version", "precision", "fwd ms", "fwd TFLOP/s", "dx ms", "dx TFLOP/s", "dw ms",
-            "dw TFLOP/s"], rows, notes="Each op checked against the CPU reference of its precision first; "
+           ["layer", "version", "precision", "fwd ms", "fwd TFLOP/s", "dx ms", "dx TFLOP/s",
+            "dw ms", "dw TFLOP/s"], rows,
+           notes="Each op checked against the CPU reference of its precision first; "
            "reduced-precision rows use GPUDL_TENSOR_CORES=1 on inputs rounded beforehand.",
            json_path=args.json)
 

@@ -288,7 +288,8 @@ __device__ __forceinline__ void conv_bwd_weight(const char* DY, const char* X, f
 #define CONV_ARGS                                                                            \
     int n, int c, int h, int w, int o, int kh, int kw, int oh, int ow, int sh, int sw, int dh, \
         int dw, int top, int left, int groups
-#define CONV_GEO Conv{n, c, h, w, o, kh, kw, oh, ow, sh, sw, dh, dw, top, left, groups, c / groups, o / groups}
+#define CONV_GEO \
+    Conv{n, c, h, w, o, kh, kw, oh, ow, sh, sw, dh, dw, top, left, groups, c / groups, o / groups}
 #define AS_BYTES(p) static_cast<const char*>(p)
 
 // Arguments: two inputs, the float32 output, then the geometry (N, C, H, W,
