@@ -170,6 +170,65 @@ def test_against_pytorch_when_installed():
     np.testing.assert_allclose(t.forward(x), ref.numpy(), atol=1e-12)
 
 
+def scatter_transpose(x, w, b, stride, padding, output_padding, dilation):
+    """The transposed convolution by its definition: each input pixel adds
+    x * W at i * S - P + k * D; output_padding rows past the end get only b."""
+    n, _, h, wd = x.shape
+    _, o, kh, kw = w.shape
+    (s0, s1), (p0, p1), (q0, q1), (d0, d1) = stride, padding, output_padding, dilation
+    oh = (h - 1) * s0 - 2 * p0 + d0 * (kh - 1) + 1 + q0
+    ow = (wd - 1) * s1 - 2 * p1 + d1 * (kw - 1) + 1 + q1
+    y = np.zeros((n, o, oh, ow)) + b.reshape(1, -1, 1, 1)
+    for i, j, ki, kj in np.ndindex(h, wd, kh, kw):
+        r, c = i * s0 - p0 + ki * d0, j * s1 - p1 + kj * d1
+        if 0 <= r < oh and 0 <= c < ow:
+            y[:, :, r, c] += x[:, :, i, j] @ w[:, :, ki, kj]
+    return y
+
+
+# output_padding >= stride on an axis (allowed below the dilation), with and
+# without padding to absorb it; the issue's 4x4 case first
+TRANSPOSED_PAST_STRIDE = [
+    dict(kernel_size=3, dilation=2, output_padding=1),
+    dict(kernel_size=(3, 2), stride=(1, 2), dilation=(3, 1), output_padding=(2, 1)),
+    dict(kernel_size=2, stride=(2, 1), padding=(0, 1), dilation=3, output_padding=(2, 2)),
+    dict(kernel_size=3, stride=2, padding=1, dilation=4, output_padding=3),
+]
+
+
+@pytest.mark.parametrize("kwargs", TRANSPOSED_PAST_STRIDE)
+def test_transposed_output_padding_past_the_stride_is_the_scatter(kwargs):
+    layer = Conv2DTranspose(2, 3, dtype=np.float64, seed=2, **kwargs)
+    layer.params["b"] = rand(3, seed=3)
+    x = rand(2, 2, 4, 4, seed=1)
+    y = layer.forward(x)
+    assert y.shape[1:] == layer.output_shape(x.shape[1:])
+    geo = [layer.stride, layer.padding, layer.output_padding, layer.dilation]
+    np.testing.assert_allclose(y, scatter_transpose(x, layer.params["W"], layer.params["b"],
+                                                    *geo), atol=1e-12)
+    check_layer(layer, x)
+
+
+@pytest.mark.parametrize("kwargs", TRANSPOSED_PAST_STRIDE)
+def test_transposed_output_padding_past_the_stride_against_pytorch(kwargs):
+    torch = pytest.importorskip("torch")
+    layer = Conv2DTranspose(2, 3, dtype=np.float64, seed=2, **kwargs)
+    layer.params["b"] = rand(3, seed=3)
+    x = rand(2, 2, 4, 5, seed=1)
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(layer.params["W"]).requires_grad_()
+    bt = torch.from_numpy(layer.params["b"]).requires_grad_()
+    ref = torch.nn.functional.conv_transpose2d(
+        xt, wt, bt, stride=layer.stride, padding=layer.padding,
+        output_padding=layer.output_padding, dilation=layer.dilation)
+    np.testing.assert_allclose(layer.forward(x), ref.detach().numpy(), atol=1e-12)
+    g = rand(*ref.shape, seed=4)
+    ref.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(layer.backward(g), xt.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], wt.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(layer.grads["b"], bt.grad.numpy(), atol=1e-12)
+
+
 @pytest.mark.parametrize("kh,kw,din,dout,hw", [(3, 3, 1, 8, (8, 8)), (5, 3, 4, 6, (11, 9)),
                                                (1, 1, 16, 32, (4, 4))])
 def test_summary_counts_follow_the_notes(kh, kw, din, dout, hw):

@@ -134,6 +134,23 @@ class Backend(abc.ABC):
     def conv2d_backward_weight(self, dy, x, k_hw, stride, pads, dilation, groups=1, precision=None):
         """d(loss)/dw, (O, C // groups, KH, KW), from dy and the forward input x."""
 
+    def pad_bottom_right(self, x, rows, cols):
+        """A new (N, C, H + rows, W + cols) array: x with zeros appended below and
+        to the right. Array work in stream order (CuPy's copy on a GPU)."""
+        n, c, h, w = x.shape
+        out = self.zeros((n, c, h + rows, w + cols), x.dtype)
+        self._assign(out[:, :, :h, :w], x)
+        return out
+
+    def crop_bottom_right(self, x, h, w):
+        """A new C-contiguous (N, C, h, w) array: x's top-left h x w corner."""
+        out = self.empty(tuple(x.shape[:2]) + (h, w), x.dtype)
+        self._assign(out, x[:, :, :h, :w])
+        return out
+
+    def _assign(self, dst, src):
+        dst[...] = src
+
     @abc.abstractmethod
     def add_channel_bias(self, y, b):
         """In place: y[n, c, h, w] += b[c] for y (N, C, H, W)."""

@@ -4,6 +4,14 @@ Weight (D_in, D_out, K_h, K_w) as in PyTorch. Output size per axis
 (H - 1) S - 2 P + D (K - 1) + output_padding + 1. Its forward is a
 convolution's input gradient, its input gradient a convolution's forward,
 so the backend's three convolution ops serve all of it.
+
+output_padding adds rows below (and columns to the right of) PyTorch's output:
+the first min(output_padding, padding) of them are rows the padding would have
+cut, so the convolution's bottom padding shrinks to padding - output_padding;
+past that they are rows no input reaches. Those rows stay zero as long as fewer
+than a stride's worth are appended; otherwise the convolution's geometry wants
+an input taller by (output_padding - padding) // stride, so the input gets that
+many zero rows (which scatter nothing) and its gradient loses them again.
 """
 from __future__ import annotations
 
@@ -47,8 +55,14 @@ class Conv2DTranspose(Layer):
 
     @property
     def pads(self):
-        ph, pw = self.padding
-        return (ph, ph, pw, pw)
+        (ph, pw), (oph, opw) = self.padding, self.output_padding
+        return (ph, max(ph - oph, 0), pw, max(pw - opw, 0))
+
+    @property
+    def _input_extra(self):
+        """Zero rows and columns appended to the input (see the module docstring)."""
+        return tuple(max(op - p, 0) // s for op, p, s in
+                     zip(self.output_padding, self.padding, self.stride))
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
@@ -78,6 +92,9 @@ class Conv2DTranspose(Layer):
         _, oh, ow = self.output_shape(tuple(x.shape[1:]))
         be = self.backend
         self._fmt = compute_format(x.dtype)  # the precision policy's, kept for backward
+        extra = self._input_extra
+        if any(extra):
+            x = be.pad_bottom_right(x, *extra)
         y = be.conv2d_backward_input(x, self.params["W"], (oh, ow), self.stride, self.pads,
                                      self.dilation, precision=self._fmt)
         if self.use_bias:
@@ -97,8 +114,12 @@ class Conv2DTranspose(Layer):
                 self.grads["b"] = be.sum_channels(grad)
         if not need_input_grad:
             return None
-        return be.conv2d(grad, self.params["W"], self.stride, self.pads, self.dilation,
-                         precision=self._fmt)
+        dx = be.conv2d(grad, self.params["W"], self.stride, self.pads, self.dilation,
+                       precision=self._fmt)
+        if any(self._input_extra):
+            extra = self._input_extra
+            dx = be.crop_bottom_right(dx, dx.shape[2] - extra[0], dx.shape[3] - extra[1])
+        return dx
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

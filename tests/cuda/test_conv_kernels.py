@@ -5,6 +5,7 @@ syncthreads, is slow) but cover what index arithmetic gets wrong: odd sizes,
 stride larger than the kernel, dilation 2 and 3, padding beyond half the
 kernel, asymmetric padding, groups 1, 2 and depthwise, one image and several.
 """
+import copy
 from typing import NamedTuple
 
 import numpy as np
@@ -269,6 +270,26 @@ def test_add_channel_bias_kernel_and_view(be, cpu):
     cpu.add_channel_bias(expect[:, ::2], b)
     be.add_channel_bias(wide[:, ::2], be.asarray(b))  # in place on a strided view
     check(host(be, wide), expect, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3, dilation=2, output_padding=1),  # the input grows a zero row
+    dict(kernel_size=2, stride=(1, 2), padding=(1, 0), dilation=(3, 1), output_padding=(2, 1)),
+])
+def test_transposed_layer_with_output_padding_past_the_stride(be, cpu, kwargs):
+    """The layer's zero rows (pad_bottom_right, crop_bottom_right) on the device."""
+    from gpudl.layers import Conv2DTranspose
+    layer = Conv2DTranspose(2, 3, seed=0, **kwargs).to(cpu)
+    layer.params["b"] = rand(1, (3,))
+    twin = copy.deepcopy(layer).to(be)
+    x = rand(2, (2, 2, 4, 3))
+    y = layer.forward(x)
+    check(host(be, twin.forward(be.asarray(x))), y)
+    g = rand(3, y.shape)
+    dx = layer.backward(g)
+    check(host(be, twin.backward(be.asarray(g))), dx)
+    for k in ("W", "b"):
+        check(host(be, twin.grads[k]), layer.grads[k], rtol=1e-4, atol=1e-4)
 
 
 # ---- errors -------------------------------------------------------------------
