@@ -86,7 +86,10 @@ def test_ptxas(ptxas_rows, case):
     row = ptxas_rows[cm.kernel_name(*case)]
     assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row["log"]
     assert row["stack"] == 0, row["log"]
-    assert 0 < row["registers"] * gm.THREADS <= 65536, row["log"]
+    # a whole block's registers fit one SM's 64K; two blocks for the weight
+    # gradient, which asks for them (__launch_bounds__(THREADS, 2))
+    blocks = 2 if case[1] == "bwd_weight" else 1
+    assert 0 < row["registers"] * gm.THREADS * blocks <= 65536, row["log"]
     assert row["smem"] == 0, "the tiles live in dynamic shared memory, sized by the launcher"
     assert cm.smem_bytes(*case) <= gm.SMEM_LIMIT
 

@@ -294,6 +294,10 @@ __device__ __forceinline__ void conv_bwd_weight(const char* DY, const char* X, f
 
 // Arguments: two inputs, the float32 output, then the geometry (N, C, H, W,
 // O, KH, KW, OH, OW, stride, dilation, top/left padding, groups).
+// The weight gradient asks for two blocks per SM (<= 128 registers): left to
+// itself ptxas takes 172 for the 16-bit ones, which allows only one, and at
+// 128 it still spills nothing (tests/test_conv_mma_compile.py). The
+// unaligned forward would spill at 128, so it keeps the default.
 #define CONV_KERNELS(P, PREC)                                                                   \
     extern "C" __global__ void __launch_bounds__(THREADS)                                        \
         conv_fwd_##P(const void* __restrict__ x, const void* __restrict__ wt,                     \
@@ -310,7 +314,7 @@ __device__ __forceinline__ void conv_bwd_weight(const char* DY, const char* X, f
                            float* __restrict__ dx, CONV_ARGS) {                                  \
         conv_bwd_input<PREC>(AS_BYTES(dy), AS_BYTES(wt), dx, CONV_GEO);                          \
     }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(THREADS)                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                     \
         conv_bwd_weight_##P(const void* __restrict__ dy, const void* __restrict__ x,              \
                             float* __restrict__ partial, CONV_ARGS) {                            \
         conv_bwd_weight<PREC>(AS_BYTES(dy), AS_BYTES(x), partial, CONV_GEO);                     \
