@@ -129,6 +129,10 @@ class Trainer:
         """Train and return the history: a dict of per-epoch lists
         (loss, accuracy when it applies, and val_ versions with validation_data).
 
+        ``verbose``: True (or 1) a progress bar per epoch in a terminal and a
+        line per epoch elsewhere; 2 a line per epoch, printed as it ends; False
+        (or 0) nothing.
+
         ``callbacks`` are gpudl.callbacks.Callback objects; ``augment`` is
         called on every training batch as ``augment(x_batch, step)`` and
         returns the batch to train on (see gpudl.augment); ``step`` counts
@@ -163,7 +167,7 @@ class Trainer:
         self.callbacks = (_RankCallbackList if dist is not None and not dist.is_main
                           else CallbackList)(callbacks, self)
         if dist is not None:
-            verbose = verbose and dist.is_main
+            verbose = verbose if dist.is_main else False
             # rank 0's weights on every rank, and one shuffling seed for all
             seed = dist.prepare(self.model, seed)
         n = xd.shape[0]
@@ -332,7 +336,8 @@ class Trainer:
         starts = list(range(0, n, bs)) + [n]
         seen, checked, last_read = 0, 0, time.perf_counter()
         # disable=None: a bar on a terminal, plain per-epoch lines in a log
-        with tqdm(total=n, disable=None if verbose else True, unit="sample", leave=True,
+        # verbose=2 (Keras's): no bar, one line per epoch, printed as it ends
+        with tqdm(total=n, disable=None if verbose == 1 else True, unit="sample", leave=True,
                   desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar:
             for batch, start in enumerate(starts[:-1]):
                 count = min(bs, n - start)
