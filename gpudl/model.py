@@ -36,6 +36,9 @@ def _precision_line(lowp, total):
 class Sequential:
     """Layers applied in order; backward runs them in reverse."""
 
+    #: the shape of the last forward's output, checked by backward
+    _out_shape = None
+
     def __init__(self, layers, input_shape=None):
         layers = list(layers)
         if not layers:
@@ -228,6 +231,7 @@ class Sequential:
         training = self.training if training is None else bool(training)
         for layer in self.layers:
             x = layer.forward(x, training=training)
+        self._out_shape = tuple(x.shape)
         return x
 
     __call__ = forward
@@ -235,6 +239,14 @@ class Sequential:
     def backward(self, grad, need_input_grad=True):
         """Backpropagate d(loss)/d(output); returns d(loss)/d(input), or None
         with ``need_input_grad=False`` (the first layer may then skip that work)."""
+        # first, so that a wrong gradient leaves every layer's gradients as they were
+        expect = self._out_shape
+        if expect is None:
+            raise RuntimeError("Sequential: backward called before forward (call forward first)")
+        if tuple(getattr(grad, "shape", ())) != expect:
+            raise ShapeError(f"Sequential: gradient of shape {tuple(getattr(grad, 'shape', ()))} "
+                             f"does not match the output of its last layer "
+                             f"'{self.layers[-1].name}' {expect}")
         first = 0
         if not need_input_grad:
             # nothing below the lowest layer that trains needs a gradient:

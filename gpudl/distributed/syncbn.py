@@ -80,11 +80,13 @@ class SyncBatchNorm(BatchNorm):
                                                mom * total / (total - 1), gvar)
         self._saved = None
         self._sync_saved = (comm, x4, gmean, invstd, total)
+        self._out_shape = tuple(x.shape)
         return y.reshape(x.shape)
 
     def backward(self, grad, need_input_grad=True):
         if self._sync_saved is None:
             return super().backward(grad, need_input_grad=need_input_grad)
+        self._check_grad(grad)
         comm, x4, mean, invstd, total = self._sync_saved
         dy = grad.reshape(x4.shape)
         c = self.num_features

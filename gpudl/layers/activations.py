@@ -6,6 +6,8 @@ from .base import Layer
 
 
 class _Activation(Layer):
+    """Output and input share one shape: forward records it for backward's check."""
+
     def flops(self, input_shape):
         # one operation per element, the same order as the notes would count
         n = 1
@@ -16,29 +18,34 @@ class _Activation(Layer):
 
 class ReLU(_Activation):
     def forward(self, x, training=False):
-        self._x = x
+        self._x, self._out_shape = x, tuple(x.shape)
         return self.backend.relu(x)
 
     def backward(self, grad, need_input_grad=True):
-        return self.backend.relu_backward(self._need(getattr(self, "_x", None)), grad)
+        self._check_grad(grad)
+        return self.backend.relu_backward(self._x, grad)
 
 
 class Sigmoid(_Activation):
     def forward(self, x, training=False):
         self._y = self.backend.sigmoid(x)
+        self._out_shape = tuple(x.shape)
         return self._y
 
     def backward(self, grad, need_input_grad=True):
-        return self.backend.sigmoid_backward(self._need(getattr(self, "_y", None)), grad)
+        self._check_grad(grad)
+        return self.backend.sigmoid_backward(self._y, grad)
 
 
 class Tanh(_Activation):
     def forward(self, x, training=False):
         self._y = self.backend.tanh(x)
+        self._out_shape = tuple(x.shape)
         return self._y
 
     def backward(self, grad, need_input_grad=True):
-        return self.backend.tanh_backward(self._need(getattr(self, "_y", None)), grad)
+        self._check_grad(grad)
+        return self.backend.tanh_backward(self._y, grad)
 
 
 class Step(_Activation):
@@ -49,10 +56,11 @@ class Step(_Activation):
     perceptron has its own rule (see Perceptron.fit)."""
 
     def forward(self, x, training=False):
-        self._shape = x.shape
+        self._out_shape = tuple(x.shape)
         return self.backend.step(x)
 
     def backward(self, grad, need_input_grad=True):
+        self._check_grad(grad)
         return self.backend.axpby(0.0, grad, 0.0, grad)
 
 
@@ -67,7 +75,9 @@ class Softmax(_Activation):
             raise ShapeError(f"layer '{self.name}' (Softmax) expects (batch, classes), "
                              f"got {tuple(x.shape)}")
         self._y = self.backend.softmax(x)
+        self._out_shape = tuple(x.shape)
         return self._y
 
     def backward(self, grad, need_input_grad=True):
-        return self.backend.softmax_backward(self._need(getattr(self, "_y", None)), grad)
+        self._check_grad(grad)
+        return self.backend.softmax_backward(self._y, grad)

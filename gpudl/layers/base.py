@@ -32,6 +32,8 @@ class Layer:
 
     #: parameter names that weight decay leaves alone
     no_decay = frozenset()
+    #: the shape of the last forward's output: backward's gradient must have it
+    _out_shape = None
 
     def __init__(self, name: str | None = None):
         self.params: dict = {}
@@ -71,8 +73,18 @@ class Layer:
     def _need(self, saved):
         """What forward saved for backward; an error if forward has not run."""
         if saved is None:
-            raise RuntimeError(f"layer '{self.name}': backward called before forward")
+            raise RuntimeError(f"layer '{self.name}' ({type(self).__name__}): backward called "
+                               f"before forward (call forward first)")
         return saved
+
+    def _check_grad(self, grad):
+        """Backward's first step, before any state changes (no gradient is half
+        overwritten): grad must have the shape of the last forward's output."""
+        expect = self._need(self._out_shape)
+        got = tuple(getattr(grad, "shape", ()))
+        if got != expect:
+            raise ShapeError(f"layer '{self.name}' ({type(self).__name__}): gradient of shape "
+                             f"{got} does not match its output {expect}")
 
     def num_params(self) -> int:
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))

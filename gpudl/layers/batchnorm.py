@@ -79,9 +79,12 @@ class BatchNorm(Layer):
                                         self.buffers["running_var"], g, b, self.eps)
             # frozen: backward is the fixed affine map's, which needs only the shape
             self._saved = None if self.trainable else ("frozen", x4.shape)
+        self._out_shape = tuple(x.shape)
         return y.reshape(x.shape)
 
     def backward(self, grad, need_input_grad=True):
+        if self._out_shape is not None:
+            self._check_grad(grad)  # before forward, the error below says what forward it needs
         if self._saved is not None and isinstance(self._saved[0], str):  # ("frozen", shape)
             if not need_input_grad:
                 return None

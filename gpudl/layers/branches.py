@@ -192,11 +192,14 @@ class Branches(Layer):
             y = values[0]
             for other in values[1:]:
                 y = be.axpby(1.0, y, 1.0, other)
-            return y
-        self._sizes = [int(v.shape[1]) for v in values]
-        return be.concat_channels(values)
+        else:
+            self._sizes = [int(v.shape[1]) for v in values]
+            y = be.concat_channels(values)
+        self._out_shape = tuple(y.shape)
+        return y
 
     def backward(self, grad, need_input_grad=True):
+        self._check_grad(grad)
         be = self.backend
         if self.merge == "add":
             pieces = [grad] * len(self.chains)

@@ -96,11 +96,11 @@ class Conv2D(Layer):
                       self.groups, precision=self._fmt)
         if self.use_bias:
             be.add_channel_bias(y, self.params["b"])
-        self._x = x
+        self._x, self._out_shape = x, tuple(y.shape)
         return y
 
     def backward(self, grad, need_input_grad=True):
-        self._need(self._x)
+        self._check_grad(grad)
         be, x = self.backend, self._x
         pads = self.pads(x.shape[2:])
         if self.trainable:

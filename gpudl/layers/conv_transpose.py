@@ -99,11 +99,11 @@ class Conv2DTranspose(Layer):
                                      self.dilation, precision=self._fmt)
         if self.use_bias:
             be.add_channel_bias(y, self.params["b"])
-        self._x = x
+        self._x, self._out_shape = x, tuple(y.shape)
         return y
 
     def backward(self, grad, need_input_grad=True):
-        self._need(self._x)
+        self._check_grad(grad)
         be = self.backend
         if self.trainable:
             # the forward's "dy" is our input, its "x" our output gradient

@@ -45,14 +45,11 @@ class Dense(Layer):
         self._fmt = compute_format(x.dtype)
         z = be.matmul(x, self.params["W"], trans_b=True, precision=self._fmt)
         be.add_bias(z, self.params["b"])
-        self._x = x
+        self._x, self._out_shape = x, tuple(z.shape)
         return z
 
     def backward(self, grad, need_input_grad=True):
-        self._need(self._x)
-        if tuple(grad.shape) != (self._x.shape[0], self.out_features):
-            raise ShapeError(f"layer '{self.name}' (Dense): gradient of shape {tuple(grad.shape)}"
-                             f" does not match its output ({self._x.shape[0]}, {self.out_features})")
+        self._check_grad(grad)
         be = self.backend
         if self.trainable:
             # The notes' delta rule: dL/dW = delta a^T, dL/db = delta 1.

@@ -25,6 +25,7 @@ class Dropout(Layer):
         self._mask = None
 
     def forward(self, x, training=False):
+        self._out_shape = tuple(x.shape)
         if not training or self.p == 0.0:
             self._mask = None
             return x
@@ -41,6 +42,7 @@ class Dropout(Layer):
         return np.array([key, threshold], dtype=np.uint64)
 
     def backward(self, grad, need_input_grad=True):
+        self._check_grad(grad)
         return grad if self._mask is None else self.backend.multiply(grad, self._mask)
 
     def flops(self, input_shape):

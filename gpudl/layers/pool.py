@@ -45,7 +45,7 @@ class _Pool2D(Layer):
         if x.ndim != 4:
             raise ShapeError(f"layer '{self.name}' ({type(self).__name__}) expects a batch of "
                              f"shape (N, C, H, W), got {tuple(x.shape)}")
-        self.output_shape(tuple(x.shape[1:]))
+        self._out_shape = (x.shape[0],) + self.output_shape(tuple(x.shape[1:]))
         self._in_shape = tuple(x.shape)
 
     def _in_hw(self):
@@ -65,8 +65,8 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, grad, need_input_grad=True):
-        in_hw = self._in_hw()  # first: it says when forward has not run
-        return self.backend.max_pool2d_backward(grad, self._argmax, in_hw,
+        self._check_grad(grad)
+        return self.backend.max_pool2d_backward(grad, self._argmax, self._in_hw(),
                                                 self.kernel_size, self.stride, self.pads)
 
 
@@ -78,6 +78,7 @@ class AvgPool2D(_Pool2D):
         return self.backend.avg_pool2d(x, self.kernel_size, self.stride, self.pads)
 
     def backward(self, grad, need_input_grad=True):
+        self._check_grad(grad)
         return self.backend.avg_pool2d_backward(grad, self._in_hw(), self.kernel_size,
                                                 self.stride, self.pads)
 
@@ -91,9 +92,11 @@ class GlobalAvgPool2D(Layer):
                              f"got {tuple(x.shape)}")
         self._hw = tuple(x.shape[2:])
         y = self.backend.avg_pool2d(x, self._hw, self._hw, (0, 0, 0, 0))
+        self._out_shape = tuple(x.shape[:2])
         return y.reshape(x.shape[0], x.shape[1])
 
     def backward(self, grad, need_input_grad=True):
+        self._check_grad(grad)
         g4 = grad.reshape(grad.shape[0], grad.shape[1], 1, 1)
         return self.backend.avg_pool2d_backward(g4, self._hw, self._hw, self._hw, (0, 0, 0, 0))
 

@@ -7,9 +7,12 @@ from .base import Layer
 class Flatten(Layer):
     def forward(self, x, training=False):
         self._shape = tuple(x.shape)
-        return x.reshape(x.shape[0], -1)
+        y = x.reshape(x.shape[0], -1)
+        self._out_shape = tuple(y.shape)
+        return y
 
     def backward(self, grad, need_input_grad=True):
+        self._check_grad(grad)
         return grad.reshape(self._shape)
 
     def output_shape(self, input_shape):

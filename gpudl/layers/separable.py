@@ -48,9 +48,12 @@ class SeparableConv2D(Layer):
 
     def forward(self, x, training=False):
         self._sync()
-        return self.pointwise.forward(self.depthwise.forward(x, training), training)
+        y = self.pointwise.forward(self.depthwise.forward(x, training), training)
+        self._out_shape = tuple(y.shape)
+        return y
 
     def backward(self, grad, need_input_grad=True):
+        self._check_grad(grad)
         self._sync()
         grad = self.pointwise.backward(grad)
         dx = self.depthwise.backward(grad, need_input_grad)
