@@ -42,6 +42,30 @@ def _positive_int(name, value, allow_none=False):
     return int(value)
 
 
+def validation_split_indices(n, fraction, seed=None):
+    """(train, validation) sorted index arrays of fit(validation_split=fraction):
+    round(fraction * n) of the n samples, drawn with a generator of its own
+    derived from ``seed`` (not the shuffling one)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) \
+            or not 0 < fraction < 1:
+        raise ValueError(f"fit: validation_split must be a fraction in (0, 1), got {fraction!r}")
+    n_val = int(round(n * float(fraction)))
+    if not 0 < n_val < n:
+        raise ValueError(f"fit: validation_split={fraction} of {n} samples leaves "
+                         f"{'no validation' if n_val == 0 else 'no training'} samples")
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    order = rng.permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _split(x, y, fraction, seed):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        return x, y, None  # _prepare names what is wrong
+    train, val = validation_split_indices(x.shape[0], fraction, seed)
+    return x[train], y[train], (x[val], y[val])
+
+
 class Trainer:
     """Couples a model, a loss and an optimizer.
 
@@ -125,9 +149,14 @@ class Trainer:
     # ---- training
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
             seed=None, verbose=True, callbacks=(), augment=None, resume_from=None,
-            graph="auto"):
+            graph="auto", validation_split=None):
         """Train and return the history: a dict of per-epoch lists
         (loss, accuracy when it applies, and val_ versions with validation_data).
+
+        ``validation_split`` (a fraction in (0, 1), instead of validation_data):
+        hold out that share of x, y for the val_ metrics; the samples are
+        validation_split_indices(len(x), fraction, seed), so a seeded fit
+        (and its resumed run) holds out the same ones.
 
         ``verbose``: True (or 1) a progress bar per epoch in a terminal and a
         line per epoch elsewhere; 2 a line per epoch, printed as it ends; False
@@ -155,6 +184,13 @@ class Trainer:
             raise TypeError(f"fit: augment must be callable, got {type(augment).__name__}")
         if graph not in (True, False, "auto"):
             raise ValueError(f"fit: graph must be True, False or 'auto', got {graph!r}")
+        if validation_split is not None:
+            if validation_data is not None:
+                raise ValueError("fit: give validation_data or validation_split, not both")
+            if seed is None and self.distributed is not None:
+                raise ValueError("fit: validation_split in a distributed run needs a seed "
+                                 "(every rank must hold out the same samples)")
+            x, y, validation_data = _split(x, y, validation_split, seed)
         xd, yd, y_host = self._prepare(x, y)
         val = None
         if validation_data is not None:
