@@ -375,6 +375,7 @@ class Trainer:
         # verbose=2 (Keras's): no bar, one line per epoch, printed as it ends
         with tqdm(total=n, disable=None if verbose == 1 else True, unit="sample", leave=True,
                   desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar:
+            plain = bool(bar.disable)  # read now: closing the bar sets bar.disable
             for batch, start in enumerate(starts[:-1]):
                 count = min(bs, n - start)
                 self.callbacks.call("on_batch_begin", batch, {})
@@ -421,7 +422,7 @@ class Trainer:
             for k, v in logs.items():
                 self.history.setdefault(k, []).append(v)
         self.callbacks.call("on_epoch_end", epoch, logs, between=record)
-        if verbose and bar.disable:
+        if verbose and plain:  # no bar was shown: the epoch's line instead
             print(f"epoch {epoch}/{self.epochs}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in logs.items()
                 if k != "time" and isinstance(v, (int, float)))
