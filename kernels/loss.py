@@ -19,7 +19,7 @@ from .softmax import row_max_sumexp
 def softmax_cross_entropy(logits, labels, losses, grad):
     """losses[r] = logsumexp(z[r]) - z[r, label]; grad = (softmax(z) - onehot) / N.
 
-    Shifted by the row max, so no exp overflows. A label outside [-C, C)
+    Shifted by the row max, so no exp overflows. A label outside [0, C)
     gives a NaN loss and gradient for its row (a kernel cannot raise; the
     backend turns a NaN loss into an error naming the bad label)."""
     red = cuda.shared.array((RY, RX), logits.dtype)
@@ -33,8 +33,6 @@ def softmax_cross_entropy(logits, labels, losses, grad):
         return
     logsum = math.log(s)
     label = labels[row]
-    if label < 0:
-        label += c  # NumPy indexing wraps negative labels
     ok = 0 <= label < c
     nf = grad.dtype.type(n)
     one = grad.dtype.type(1)

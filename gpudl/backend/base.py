@@ -277,6 +277,16 @@ class Backend(abc.ABC):
     # back: 1-D losses, one per sample (cross-entropy) or per element (MSE,
     # BCE), whose sum times ``loss_factor`` is the batch's share of an epoch
     # sum (Trainer metrics). The grad is the same as with reduce=True.
+    @staticmethod
+    def _check_labels(labels, classes):
+        """Host labels in [0, classes), one error for every backend: NumPy would
+        raise its own IndexError past the end and wrap a negative label."""
+        bad = (labels < 0) | (labels >= classes)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise IndexError(f"softmax_cross_entropy: label {int(labels[row])} (row {row}) is out "
+                             f"of range for {classes} classes: labels must lie in [0, {classes})")
+
     @abc.abstractmethod
     def softmax_cross_entropy(self, logits, labels, reduce=True):
         """Mean cross-entropy of softmax(logits) (N, C) against integer labels (N,).

@@ -174,6 +174,11 @@ class CPUBackend(Backend):
 
     # ---- losses
     def softmax_cross_entropy(self, logits, labels, reduce=True):
+        if logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+            raise ShapeError(f"softmax_cross_entropy: logits must be (N, C) and labels (N,), got "
+                             f"logits of shape {tuple(logits.shape)} and labels of shape "
+                             f"{tuple(labels.shape)}")
+        self._check_labels(labels, logits.shape[1])
         n = logits.shape[0]
         shifted = logits - logits.max(axis=1, keepdims=True)
         logsum = np.log(np.exp(shifted).sum(axis=1))

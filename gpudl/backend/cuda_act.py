@@ -72,7 +72,7 @@ class CUDAActivations:
                              f"{tuple(labels.shape)}")
         n, c = logits.shape
         if isinstance(labels, np.ndarray) and self._capture is None:  # host: checking is free
-            self._check_index("labels", labels, c, axis=1)
+            self._check_labels(labels, c)
         logits = self._c(logits)
         labels = self._c(labels, np.int64)
         losses = self.empty((n,), logits.dtype)
@@ -82,7 +82,7 @@ class CUDAActivations:
             return losses, grad
         loss = self._mean(losses)
         if loss != loss:  # NaN: find out whether a label caused it (kernels cannot raise)
-            self._check_index("labels", self.to_numpy(labels), c, axis=1)
+            self._check_labels(self.to_numpy(labels), c)
         return loss, grad
 
     def _elementwise_loss(self, op, pred, target):

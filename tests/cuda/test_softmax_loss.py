@@ -64,12 +64,19 @@ def test_large_logits(be, cpu):
     _sce(be, cpu, x, labels)
 
 
-def test_sce_bad_label(be):
-    logits = be.asarray(rand(0, (3, 4)))
-    with pytest.raises(IndexError, match="4"):
-        be.softmax_cross_entropy(logits, np.array([0, 4, 1]))
-    with pytest.raises(IndexError, match="-5"):  # caught after the kernel, on device labels
-        be.softmax_cross_entropy(logits, be.asarray(np.array([0, -5, 1])))
+@pytest.mark.parametrize("bad", [4, -1, -5])
+def test_sce_bad_label_is_the_cpu_error(be, cpu, bad):
+    """Host labels are checked before the kernel, device labels after it (from
+    the NaN loss a bad row gets); either way the CPU backend's message. A
+    negative label must not wrap as a NumPy index would."""
+    logits = rand(0, (3, 4))
+    labels = np.array([0, bad, 1])
+    with pytest.raises(IndexError, match=rf"label {bad} \(row 1\).*\[0, 4\)") as ref:
+        cpu.softmax_cross_entropy(logits, labels)
+    for given in (labels, be.asarray(labels)):
+        with pytest.raises(IndexError) as err:
+            be.softmax_cross_entropy(be.asarray(logits), given)
+        assert str(err.value) == str(ref.value)
 
 
 def _loss_case(be, cpu, op, pred, target, **kw):
