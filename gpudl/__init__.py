@@ -19,6 +19,20 @@ from .train import Trainer
 
 __version__ = "0.1.0"
 
+#: submodules imported on first use (gpudl.datasets...), so `import gpudl` stays quick
+_LAZY = ("augment", "averaging", "datasets", "demos", "gradcheck", "metrics")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = ["set_device", "get_device", "get_backend", "gpu_available", "Sequential", "load",
            "Trainer", "conv_matrix", "set_precision", "get_precision", "precision", "layers", "losses", "optim", "data", "zoo", "callbacks",
            "checkpoint", "history", "manual_seed", "GpudlError",

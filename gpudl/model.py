@@ -260,7 +260,9 @@ class Sequential:
         return self.layers[first].backward(grad, need_input_grad=need_input_grad)
 
     def predict(self, x, batch_size=None):
-        """Host array in, host array out; runs in inference mode."""
+        """Host array in, host array out; runs in inference mode. Returns the
+        model's outputs as they are: for a classifier trained with
+        CrossEntropy those are logits (predict_proba gives probabilities)."""
         x = np.asarray(x)
         be = self.backend
         n = x.shape[0]
@@ -268,6 +270,16 @@ class Sequential:
         outs = [be.to_numpy(self.forward(be.asarray(x[s:s + bs], dtype=self.dtype), training=False))
                 for s in range(0, n, max(bs, 1))]
         return np.concatenate(outs) if outs else np.empty((0,) + self.output_shape())
+
+    def predict_proba(self, x, batch_size=None):
+        """Class probabilities of a classifier whose last layer gives logits:
+        the softmax over the class axis (1) of predict's outputs, or for
+        outputs of width 1 (binary) the sigmoid. A model ending in Softmax or
+        Sigmoid already outputs probabilities: use predict."""
+        out = self.predict(x, batch_size=batch_size)
+        if out.ndim < 2:
+            raise ShapeError(f"predict_proba: expected outputs (N, classes, ...), got {out.shape}")
+        return sigmoid(out) if out.shape[1] == 1 else softmax(out)
 
     def output_shape(self, input_shape=None):
         shape = tuple(input_shape) if input_shape is not None else self.input_shape
@@ -358,6 +370,22 @@ class Sequential:
     def __repr__(self):
         inner = ",\n  ".join(repr(l) for l in self.layers)
         return f"Sequential([\n  {inner}\n])"
+
+
+def softmax(z, axis=1):
+    """exp(z) / sum(exp(z)) along ``axis``, shifted by the maximum first so
+    large logits do not overflow."""
+    z = np.asarray(z)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(z):
+    """1 / (1 + exp(-z)), without overflow for large |z|."""
+    z = np.asarray(z)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype if z.dtype.kind == "f"
+                                                             else np.float64)
 
 
 def _trains(layer) -> bool:

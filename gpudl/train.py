@@ -429,10 +429,22 @@ class Trainer:
                 + f" ({logs['time']:.2f} s)", flush=True)
         return logs
 
-    def evaluate(self, x, y, batch_size=256):
-        """Mean loss (and accuracy where it applies) in inference mode."""
+    def evaluate(self, x, y, batch_size=256, metrics=None):
+        """Mean loss (and accuracy where it applies) in inference mode.
+
+        ``metrics``: names from gpudl.metrics.METRICS for a classifier with
+        (N, classes) outputs: "top_k" (adds top_5_accuracy; "top_3" for k=3),
+        "confusion" (confusion_matrix) and "precision_recall_f1" (per-class
+        precision, recall, f1, support and their macro means); these need
+        the outputs on the host, so the forward pass runs a second time."""
+        from . import metrics as metrics_mod
+        names = metrics_mod.check_names(metrics) if metrics is not None else []
         with self._policy():
-            return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+            result = self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+            if names:
+                result.update(metrics_mod.compute(names, self.model.predict(
+                    x, batch_size=batch_size), np.asarray(y)))
+        return result
 
     def _evaluate(self, xd, yd, y_host=None, batch_size=256):
         """evaluate() on device arrays: batches are row slices (views, no
@@ -451,5 +463,21 @@ class Trainer:
         return result
 
     def predict(self, x, batch_size=256):
+        """The model's outputs (for a classifier: logits; see predict_proba)."""
         with self._policy():
             return self.model.predict(x, batch_size=batch_size)
+
+    def predict_proba(self, x, batch_size=256):
+        """Class probabilities as the loss reads the outputs: softmax for
+        CrossEntropy, sigmoid for BinaryCrossEntropy(from_logits=True), the
+        outputs themselves for BinaryCrossEntropy() (already probabilities);
+        other losses fall back to Sequential.predict_proba."""
+        from .losses import BinaryCrossEntropy, CrossEntropy
+        from .model import sigmoid, softmax
+        if isinstance(self.loss, BinaryCrossEntropy):
+            out = self.predict(x, batch_size)
+            return sigmoid(out) if self.loss.from_logits else out
+        if isinstance(self.loss, CrossEntropy):
+            return softmax(self.predict(x, batch_size))
+        with self._policy():
+            return self.model.predict_proba(x, batch_size=batch_size)
