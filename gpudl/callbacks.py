@@ -159,3 +159,87 @@ class EarlyStopping(Callback):
 
     def load_arrays(self, arrays):
         self.best_weights = dict(arrays) or None
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the optimizer's learning rate by ``factor`` when ``monitor``
+    has not improved by more than ``min_delta`` for ``patience`` epochs
+    (Keras's callback, PyTorch's scheduler of the same name), never below
+    ``min_lr``; after a reduction ``cooldown`` epochs pass before the count
+    starts again. Each epoch's rate lands in the history as ``lr``.
+
+    The optimizer must have a constant lr (a float), not a gpudl.schedules
+    schedule, which decides the rate itself. The current rate and the count
+    are part of a checkpoint, so a resumed run goes on with the reduced rate."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4,
+                 mode="auto", min_lr=0.0, cooldown=0, verbose=False):
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+                or not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
+        for name, value in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ReduceLROnPlateau: {name} must be a non-negative integer, "
+                                 f"got {value!r}")
+        for name, value in (("min_delta", min_delta), ("min_lr", min_lr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"ReduceLROnPlateau: {name} must be a number >= 0, "
+                                 f"got {value!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"ReduceLROnPlateau: mode must be 'auto', 'min' or 'max', "
+                             f"got {mode!r}")
+        self.monitor, self.factor, self.patience = monitor, float(factor), patience
+        self.min_delta, self.min_lr, self.cooldown = float(min_delta), float(min_lr), cooldown
+        self.mode = mode if mode != "auto" else ("max" if "acc" in monitor else "min")
+        self.verbose = bool(verbose)
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def on_train_begin(self, logs):
+        if callable(getattr(self.trainer.optimizer, "_lr", None)):
+            raise TypeError("ReduceLROnPlateau: the optimizer's lr is a schedule; give it a "
+                            "constant lr (a float) to reduce on plateaus")
+        if self.trainer.epoch == 0:  # a resumed run keeps what set_state restored
+            self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def _improved(self, value):
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs):
+        if self.monitor not in logs:
+            raise KeyError(f"ReduceLROnPlateau: monitor {self.monitor!r} is not among the "
+                           f"epoch's logs {sorted(logs)} (pass validation data to fit for val_*)")
+        opt = self.trainer.optimizer
+        logs["lr"] = opt.lr  # the rate this epoch ran with
+        value = float(logs[self.monitor])
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(value):
+            self.best, self.wait = value, 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            new = max(opt.lr * self.factor, self.min_lr)
+            if new < opt.lr:
+                if self.verbose:
+                    print(f"ReduceLROnPlateau: epoch {epoch}: {self.monitor} has not improved "
+                          f"for {self.wait} epochs; lr {opt.lr:g} -> {new:g}")
+                opt.lr = new
+                self.cooldown_counter = self.cooldown
+            self.wait = 0
+
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter,
+                "lr": self.trainer.optimizer.lr if self.trainer is not None else None}
+
+    def set_state(self, state):
+        self.best, self.wait = state["best"], state["wait"]
+        self.cooldown_counter = state["cooldown_counter"]
+        if state.get("lr") is not None:
+            self.trainer.optimizer.lr = state["lr"]
