@@ -440,16 +440,18 @@ def read_archive(path, meta_key, fmt, version, what, error):
     return meta, arrays
 
 
-def load(path, device=None) -> Sequential:
+def load(path, device=None, custom_objects=None) -> Sequential:
     """Rebuild a model saved with Sequential.save, on ``device`` ("cpu", "cuda")
-    or, by default, the current device. The current device is left as it is."""
+    or, by default, the current device. The current device is left as it is.
+    ``custom_objects``: {type name: Layer subclass} for layers of your own
+    not registered with gpudl.layers.register."""
     path = os.fspath(path)
     config, arrays = read_archive(path, "__config__", FORMAT, FORMAT_VERSION, "model file",
                                   ModelFileError)
     layers = []
     for i, spec in enumerate(config["layers"]):
         try:
-            layer = layer_from_spec(spec)
+            layer = layer_from_spec(spec, custom_objects)
         except ModelFileError as e:
             raise ModelFileError(f"{path!r}: layer {i}: {e}") from None
         for store, prefix in ((layer.params, f"layers.{i}."), (layer.buffers, f"layers.{i}.buffer.")):

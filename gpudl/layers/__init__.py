@@ -11,6 +11,7 @@ from .perceptron import Perceptron
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 from .separable import SeparableConv2D
+from .serialize import register
 
 #: class name -> class, for rebuilding a saved model
 LAYER_TYPES = {cls.__name__: cls for cls in (
@@ -21,4 +22,4 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
 __all__ = ["Layer", "Dense", "Perceptron", "ReLU", "Sigmoid", "Tanh", "Step", "Softmax",
            "Conv2D", "DepthwiseConv2D", "Conv2DTranspose", "SeparableConv2D", "Flatten",
            "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "Dropout", "Residual", "Concat",
-           "LAYER_TYPES", "manual_seed"]
+           "LAYER_TYPES", "manual_seed", "register"]
