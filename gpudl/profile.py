@@ -86,13 +86,14 @@ def _fmt_shapes(shapes):
 class Record:
     """One op call (kind "op") or kernel launch (kind "kernel")."""
     __slots__ = ("kind", "name", "device", "timer", "args", "kwargs", "parent", "launches",
-                 "t0", "t1", "ev0", "ev1", "ref", "_cost", "_dur")
+                 "t0", "t1", "ev0", "ev1", "ref", "_cost", "_dur", "tc")
 
     def __init__(self, kind, name, device, timer, args, kwargs, parent):
         self.kind, self.name, self.device, self.timer = kind, name, device, timer
         self.args, self.kwargs, self.parent = args, kwargs, parent
         self.launches, self.ev0, self.ev1, self.ref, self._cost = 0, None, None, None, None
         self._dur = None
+        self.tc = False  # the op launched tensor-core kernels
 
     @property
     def precision(self):
@@ -272,9 +273,11 @@ class profile:
                 if Event is not None:
                     rec.ev0 = Event()
                     rec.ev0.record()
+                tc0 = getattr(be, "tensor_core_launches", 0)
                 rec.t0 = now()
                 out = fn(*args, **kwargs)
                 rec.t1 = now()
+                rec.tc = getattr(be, "tensor_core_launches", 0) != tc0
                 if Event is not None:
                     rec.ev1 = Event()
                     rec.ev1.record()
@@ -335,7 +338,6 @@ class profile:
         grand = sum(r.duration_s for r in self.records if r.kind == kind) or 1.0
         refs = {dev: rates(self.devices.get(dev, dev), ceilings) for dev in {k[2] for k in groups}}
         rows = []
-        tensor_cores = _tensor_cores()
         for (name, shapes, device, parent, fmt), recs in groups.items():
             times = [r.duration_s for r in recs]
             total = sum(times)
@@ -347,8 +349,7 @@ class profile:
                    "percent": 100 * total / grand, "flops": flops, "bytes": nbytes,
                    "gflops": flops / total / 1e9 if total else 0.0,
                    "gbps": nbytes / total / 1e9 if total else 0.0, "timer": recs[0].timer,
-                   "precision": fmt, "tensor_cores": bool(fmt) and device == "cuda"
-                   and tensor_cores}
+                   "precision": fmt, "tensor_cores": any(r.tc for r in recs)}
             row.update(roofline(row, refs.get(device), name))
             rows.append(row)
         return sorted(rows, key=lambda r: -r["total_s"])
@@ -423,11 +424,6 @@ class profile:
                                     "parent": r.parent, "timer": r.timer}})
         with open(path, "w") as f:
             json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
-
-
-def _tensor_cores():
-    from .backend.cuda_lowp import tensor_cores_enabled
-    return tensor_cores_enabled(None)
 
 
 def _kernel_name(kernel):

@@ -64,6 +64,8 @@ class CUDABackend(CUDAActivations, Backend):
         self._capture = None      # the step being captured (capture.py), or None
         self._constants = {}
         self._graph_stream = None
+        #: tensor-core kernel launches so far (cuda_mma, cuda_conv_mma)
+        self.tensor_core_launches = 0
         # GPUDL_FAST_LAUNCH=1 on a real GPU: launches skip numba's per-argument
         # typing (fastlaunch.py). Opt-in until a GPU check has timed it.
         self._fast = fastlaunch.FastLauncher() if fastlaunch.requested(self.simulator) else None

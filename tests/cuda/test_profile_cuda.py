@@ -72,3 +72,23 @@ def test_training_step_on_the_cuda_backend(monkeypatch):
     assert all(k.name == "sgd" for k in prof.kernels if k.parent == "sgd_update")
     for name in OPS + ("launch",):
         assert name not in be.__dict__
+
+
+def test_reduced_precision_ops_get_their_own_rows_and_tensor_core_marks(be, monkeypatch):
+    """matmul@bf16 is its own row; '/tc' only where tensor-core kernels really ran."""
+    rng = np.random.default_rng(1)
+    a = be.asarray(rng.standard_normal((5, 7)).astype(np.float32))
+    b = be.asarray(rng.standard_normal((7, 3)).astype(np.float32))
+    with profile(be, all_backends=False) as prof:
+        be.matmul(a, b)
+        be.matmul(a, b, precision="bf16")
+    names = [r["name"] for r in prof.summary()]
+    assert sorted(names) == ["matmul", "matmul"]
+    assert {r["precision"] for r in prof.summary()} == {None, "bf16"}
+    assert not any(r["tensor_cores"] for r in prof.summary())
+    assert "matmul@bf16 " in prof.format_table(ceilings=False)
+    monkeypatch.setenv("GPUDL_TENSOR_CORES", "1")
+    with profile(be, all_backends=False) as prof:
+        be.matmul(a, b, precision="bf16")
+    (row,) = prof.summary()
+    assert row["tensor_cores"] and "matmul@bf16/tc" in prof.format_table(ceilings=False)
