@@ -8,6 +8,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 
 from . import __version__
@@ -102,7 +103,7 @@ def add_train_parser(sub, device_default):
                    help="random shifts of up to SHIFT pixels per training batch (images)")
     t.add_argument("--val-split", type=_number(float, 0, 1, high_open=True), default=0.1,
                    metavar="FRACTION",
-                   help="share of the training data held out (stratified, seeded) for val_* "
+                   help="share of the training data held out (at random, seeded) for val_* "
                         "metrics, early stopping and the best weights (default 0.1; 0: none); "
                         "the test set is evaluated once, after training")
     t.add_argument("--early-stopping", type=positive(int), default=None, metavar="PATIENCE",
@@ -317,10 +318,15 @@ def cmd_train(args) -> int:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     classes = _check_labels(args, (("training", y_train), ("test", y_test)))
     val = None
-    if args.val_split:
-        from .data import train_test_split
-        (x_train, y_train), val = train_test_split(x_train, y_train, args.val_split,
-                                                   seed=args.seed)
+    if args.val_split:  # fit(validation_split=...)'s seeded split, made here to report it
+        from .train import validation_split_indices
+        try:
+            train, held = validation_split_indices(len(x_train), args.val_split, args.seed)
+        except ValueError as e:
+            raise UsageError(f"--val-split: {str(e).removeprefix('fit: ')}; raise --limit "
+                             f"or pass --val-split 0") from None
+        (x_train, y_train), val = (x_train[train], y_train[train]), (x_train[held],
+                                                                      y_train[held])
     model = build(x_train.shape[1:], classes, args.hidden) if args.model == "mlp" else \
         build(x_train.shape[1:], classes)
     say(f"gpudl {__version__} on {be.name} ({be.device_name()}); model: {args.model}; "
@@ -341,10 +347,15 @@ def cmd_train(args) -> int:
         f"{args.epochs} epochs; precision: {args.precision}; device: {be.name}")
     callbacks, augment, stopper = _toolkit(args, images, val is not None)
     t0 = time.perf_counter()
-    history = trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                          validation_data=val, seed=args.seed,
-                          verbose=2 if args.quiet else True, callbacks=callbacks, augment=augment,
-                          resume_from=args.checkpoint if args.resume else None)
+    try:
+        history = trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                              validation_data=val, seed=args.seed,
+                              verbose=2 if args.quiet else True, callbacks=callbacks,
+                              augment=augment,
+                              resume_from=args.checkpoint if args.resume else None)
+    except FloatingPointError as e:  # a diverged run: its one-line reason, no traceback
+        print(f"gpudl train: error: {e}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - t0
     if dist is not None and args.sync_bn:
         from .distributed import revert_sync_batchnorm

@@ -180,3 +180,16 @@ def test_early_stopping_says_where_it_stopped_and_what_it_restored(capsys):
     cli_train._say_early_stopping(lines.append, stopper, 5)   # ran to the end, last was best
     assert lines == ["early stopping: kept the last epoch's weights (epoch 5, "
                      "best val_loss 0.2500)"]
+
+
+def test_a_split_that_leaves_no_validation_samples_is_refused(capsys):
+    line = _error(capsys, ["--model", "mlp", "--limit", "4", "--save", ""])
+    assert line.startswith("gpudl train: error: --val-split: ") and "no validation" in line
+
+
+def test_a_diverged_run_is_one_line(capsys):
+    assert main(["train", "--device", "cpu", "--model", "mlp", "--limit", "200", "--epochs",
+                 "3", "--lr", "1e6", "--quiet", "--save", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpudl train: error: the loss ") and "learning rate" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
