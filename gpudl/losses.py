@@ -42,6 +42,11 @@ class Loss:
     def _correct_flags(self, be, pred, target):
         raise NotImplementedError
 
+    def nonfinite_hint(self, value):
+        """What a non-finite mean loss means for this loss, if more than a
+        diverged run (the Trainer's message then); None otherwise."""
+        return None
+
     def backward(self):
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss")
@@ -94,6 +99,14 @@ class BinaryCrossEntropy(Loss):
 
     def _compute(self, be, pred, target, reduce=True):
         return be.binary_cross_entropy(pred, target, from_logits=self.from_logits, reduce=reduce)
+
+    def nonfinite_hint(self, value):
+        # clipped probabilities bound every term: only a prediction outside
+        # [0, 1] makes the loss infinite (the CUDA kernel's mark of one)
+        if not self.from_logits and value == float("inf"):
+            from .backend.base import BCE_RANGE
+            return "BinaryCrossEntropy: " + BCE_RANGE.format(", got values outside it")
+        return None
 
     def check_targets(self, y, out_shape):
         super().check_targets(y, out_shape)

@@ -264,11 +264,16 @@ class Sequential:
         model's outputs as they are: for a classifier trained with
         CrossEntropy those are logits (predict_proba gives probabilities)."""
         x = np.asarray(x)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, (int, np.integer)) or batch_size <= 0):
+            raise ValueError(f"predict: batch_size must be a positive integer or None, "
+                             f"got {batch_size!r}")
+        check_finite(x, "predict: x")
         be = self.backend
         n = x.shape[0]
         bs = n if batch_size is None else int(batch_size)
         outs = [be.to_numpy(self.forward(be.asarray(x[s:s + bs], dtype=self.dtype), training=False))
-                for s in range(0, n, max(bs, 1))]
+                for s in range(0, n, bs)]
         return np.concatenate(outs) if outs else np.empty((0,) + self.output_shape())
 
     def predict_proba(self, x, batch_size=None):
@@ -386,6 +391,16 @@ def sigmoid(z):
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype if z.dtype.kind == "f"
                                                              else np.float64)
+
+
+def check_finite(x, what) -> None:
+    """A host array with NaN or inf in it is an error naming the first one."""
+    if x.dtype.kind in "fc":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{what} contains {int(bad.sum())} NaN or infinite values "
+                             f"(first at index {first})")
 
 
 def _trains(layer) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,13 +34,28 @@ def _main_only(cb) -> bool:
     return bool(getattr(cb, "main_process_only", isinstance(cb, (ModelCheckpoint, CSVLogger))))
 
 
-def _positive_int(name, value, allow_none=False):
+def _positive_int(name, value, allow_none=False, where="fit"):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"fit: {name} must be a positive integer"
+        raise ValueError(f"{where}: {name} must be a positive integer"
                          f"{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
+
+
+def _warn_double_softmax(model, loss):
+    from .layers import Softmax
+    from .losses import CrossEntropy
+    layers = getattr(model, "layers", None)
+    if layers and isinstance(layers[-1], Softmax) and isinstance(loss, CrossEntropy):
+        warnings.warn(f"Trainer: the model ends with layer '{layers[-1].name}' (Softmax) and the "
+                      f"loss is CrossEntropy, which applies the softmax itself (it takes logits): "
+                      f"that is a double softmax. Remove the Softmax layer (predict_proba gives "
+                      f"probabilities)", UserWarning, stacklevel=3)
+
+
+#: a loss this many times the starting one means the run diverged (_check_loss)
+DIVERGED_FACTOR = 1e3
 
 
 def validation_split_indices(n, fraction, seed=None):
@@ -87,12 +103,16 @@ class Trainer:
 
     def __init__(self, model, loss: Loss, optimizer: Optimizer, distributed=None,
                  precision=None, loss_scaler=None):
+        if not all(hasattr(model, a) for a in ("forward", "backward", "backend", "output_shape")):
+            raise TypeError(f"Trainer: model must be a gpudl.Sequential (or have its forward, "
+                            f"backward, output_shape and backend), got {type(model).__name__}")
         if not isinstance(loss, Loss):
             raise TypeError(f"Trainer: loss must be a gpudl.losses.Loss, got {type(loss).__name__}")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"Trainer: optimizer must be a gpudl.optim.Optimizer, "
                             f"got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        _warn_double_softmax(model, loss)
         self.loss.backend = model.backend
         self.augment = None
         self.callbacks = CallbackList((), self)
@@ -184,6 +204,8 @@ class Trainer:
             raise TypeError(f"fit: augment must be callable, got {type(augment).__name__}")
         if graph not in (True, False, "auto"):
             raise ValueError(f"fit: graph must be True, False or 'auto', got {graph!r}")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"fit: shuffle must be True or False, got {shuffle!r}")
         if validation_split is not None:
             if validation_data is not None:
                 raise ValueError("fit: give validation_data or validation_split, not both")
@@ -234,6 +256,7 @@ class Trainer:
                 if resume_from is not None:
                     from .checkpoint import restore
                     restore(self, resume_from)
+                self._loss_start = self._start_loss(xd, yd)
                 while self.epoch < epochs and not self.stop_training:
                     self._run_epoch(val, verbose, use_graph)
                 self.callbacks.call("on_train_end", {"epochs": self.epoch})
@@ -338,14 +361,32 @@ class Trainer:
     def _read_metrics(self):
         return self.model.backend.to_numpy(self._metrics)
 
+    def _start_loss(self, xd, yd):
+        """The loss as training starts (inference mode, the first 256 samples),
+        which divergence is measured against; None if it is not finite."""
+        k = min(int(xd.shape[0]), 256)
+        loss = self._evaluate(xd[:k], yd[:k])["loss"]
+        return loss if math.isfinite(loss) else None
+
     def _check_loss(self, value, epoch, first, last, starts):
-        if math.isfinite(value):
+        """value: the mean loss over batches first..last (or the epoch so far).
+        Non-finite, or DIVERGED_FACTOR times the starting loss (with a floor
+        of 1e-3, so a loss starting near 0 may still move): the run diverged."""
+        start = getattr(self, "_loss_start", None)
+        grew = (start is not None and math.isfinite(value)
+                and value > DIVERGED_FACTOR * max(start, 1e-3))
+        if math.isfinite(value) and not grew:
             return
         where = (f"batch starting at sample {starts[first]}" if first == last else
                  f"batches {first}-{last} (samples {starts[first]}-{starts[last + 1] - 1})")
+        hint = self.loss.nonfinite_hint(value)
+        if hint is not None:
+            raise ValueError(f"{hint} (the loss became {value} at epoch {epoch}, {where})")
+        what = (f"grew from {start:.4g} at the start to {value:.4g}" if grew
+                else f"became {value}")
         raise FloatingPointError(
-            f"the loss became {value} at epoch {epoch}, {where}: lower the learning rate "
-            f"(now {self.optimizer.lr})")
+            f"the loss {what} at epoch {epoch}, {where}: the run diverged; lower the learning "
+            f"rate (now {self.optimizer.lr})")
 
     def _run_epoch(self, val, verbose, use_graph=False):
         xd, bs, be = self._xd, self.batch_size, self.model.backend
@@ -389,13 +430,13 @@ class Trainer:
                 if batch_hooks or be.reads_are_free:  # the batch's own loss, at once
                     m = self._read_metrics()
                     value = float(m[2]) / count
-                    self._check_loss(value, epoch, batch, batch, starts)
+                    self._check_loss(float(m[0]) / seen, epoch, batch, batch, starts)
                     checked = batch + 1
                     bar.set_postfix(loss=f"{value:.4f}")
                     self.callbacks.call("on_batch_end", batch, {"loss": value, "size": count})
                 elif time.perf_counter() - last_read > self.progress_interval:
                     m = self._read_metrics()  # the bar's running mean, a few times a second
-                    self._check_loss(float(m[0]), epoch, checked, batch, starts)
+                    self._check_loss(float(m[0]) / seen, epoch, checked, batch, starts)
                     checked, last_read = batch + 1, time.perf_counter()
                     bar.set_postfix(loss=f"{m[0] / seen:.4f}")
                 if self.stop_training:
@@ -404,7 +445,7 @@ class Trainer:
                 self._fingerprint = graphs.fingerprint(self)
             m = self._read_metrics()
             if checked < batch + 1:
-                self._check_loss(float(m[0]), epoch, checked, batch, starts)
+                self._check_loss(float(m[0]) / max(seen, 1), epoch, checked, batch, starts)
             total, correct = float(m[0]), float(m[1])
             if dist is not None:  # hook (c): the epoch's metrics over every rank
                 total, correct, seen = dist.reduce_metrics([total, correct, seen])
@@ -438,6 +479,7 @@ class Trainer:
         precision, recall, f1, support and their macro means); these need
         the outputs on the host, so the forward pass runs a second time."""
         from . import metrics as metrics_mod
+        batch_size = _positive_int("batch_size", batch_size, where="evaluate")
         names = metrics_mod.check_names(metrics) if metrics is not None else []
         with self._policy():
             result = self._evaluate(*self._prepare(x, y), batch_size=batch_size)
@@ -458,6 +500,9 @@ class Trainer:
             self.loss.accumulate(out, yd[start:stop], metrics)
         m = be.to_numpy(metrics)
         result = {"loss": float(m[0]) / n}
+        hint = self.loss.nonfinite_hint(result["loss"])
+        if hint is not None:
+            raise ValueError(hint)
         if self.loss.has_accuracy:
             result["accuracy"] = float(m[1]) / n
         return result

@@ -65,13 +65,22 @@ def mse(pred, target, losses, grad, scale):
 @cuda.jit
 def binary_cross_entropy(pred, target, losses, grad, lo, hi, size):
     """On probabilities clipped to [lo, hi]: -(t log p + (1 - t) log(1 - p)),
-    grad = (p - t) / (p (1 - p)) / size. log1p(-p) keeps precision near p = 1."""
+    grad = (p - t) / (p (1 - p)) / size. log1p(-p) keeps precision near p = 1.
+    A prediction outside [0, 1] gets an infinite loss, which no probability
+    can give (the clipping bounds it): a kernel cannot raise, so the backend
+    and the Trainer turn it into the error that points to from_logits=True."""
+    zero = pred.dtype.type(0)
     one = pred.dtype.type(1)
+    inf = pred.dtype.type(math.inf)
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, pred.shape[0], stride):
-        p = min(max(pred[i], lo), hi)
+        x = pred[i]
+        p = min(max(x, lo), hi)
         t = target[i]
-        losses[i] = -(t * math.log(p) + (one - t) * math.log1p(-p))
+        if x < zero or x > one:
+            losses[i] = inf
+        else:
+            losses[i] = -(t * math.log(p) + (one - t) * math.log1p(-p))
         grad[i] = (p - t) / (p * (one - p)) / size
 
 

@@ -1,10 +1,14 @@
 """Inputs a new user gets wrong, each answered up front with an error that
 names the argument and the value (issue 13): labels, the Trainer's arguments,
 losses that do not fit the model, seeds, shapes and files."""
+import re
+import warnings
+
 import numpy as np
 import pytest
 
 import gpudl
+from gpudl.layers import Dense, ReLU, Sigmoid, Softmax
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +23,90 @@ def test_cross_entropy_labels_out_of_range(bad):
     with pytest.raises(IndexError, match=rf"softmax_cross_entropy: label {bad} \(row 1\) is out "
                                          rf"of range for 4 classes: labels must lie in \[0, 4\)"):
         gpudl.losses.CrossEntropy()(logits, np.array([0, bad, 1]))
+
+
+# ---- the Trainer's arguments and losses that do not fit the model
+
+X = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+Y = np.arange(10) % 3
+
+
+def trainer(lr=0.1, last=()):
+    model = gpudl.Sequential([Dense(4, 8), ReLU(), Dense(8, 3), *last])
+    return gpudl.Trainer(model, gpudl.losses.CrossEntropy(), gpudl.optim.SGD(lr))
+
+
+@pytest.mark.parametrize("bs", [0, -1, 2.5, True])
+def test_predict_batch_size(bs):
+    t = trainer()
+    with pytest.raises(ValueError, match=rf"predict: batch_size must be a positive integer or "
+                                         rf"None, got {re.escape(repr(bs))}"):
+        t.predict(X, batch_size=bs)
+    with pytest.raises(ValueError, match=rf"evaluate: batch_size must be a positive integer, "
+                                         rf"got {re.escape(repr(bs))}"):
+        t.evaluate(X, Y, batch_size=bs)
+    assert t.predict(X, batch_size=3).shape == (10, 3)  # 3 + 3 + 3 + 1 rows
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_predict_rejects_non_finite_input(bad):
+    x = X.copy()
+    x[4, 1] = bad
+    with pytest.raises(ValueError, match=r"predict: x contains 1 NaN or infinite values "
+                                         r"\(first at index \(4, 1\)\)"):
+        trainer().predict(x)
+
+
+@pytest.mark.parametrize("shuffle", ["no", 0, None])
+def test_fit_shuffle_must_be_a_bool(shuffle):
+    t = trainer()
+    w = t.model.state_arrays()
+    with pytest.raises(TypeError, match=rf"fit: shuffle must be True or False, got "
+                                        rf"{re.escape(repr(shuffle))}"):
+        t.fit(X, Y, shuffle=shuffle, verbose=False)
+    for k, v in t.model.state_arrays().items():
+        np.testing.assert_array_equal(v, w[k])
+
+
+def test_bce_on_probabilities_rejects_raw_scores():
+    """No Sigmoid last: the outputs are not probabilities; stopped before epoch 1."""
+    model = gpudl.Sequential([Dense(4, 1, seed=0)])
+    t = gpudl.Trainer(model, gpudl.losses.BinaryCrossEntropy(), gpudl.optim.SGD(0.1))
+    y = (X[:, :1] > 0).astype(np.float32)
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*from_logits=True"):
+        t.fit(X * 10, y, epochs=3, verbose=False)
+    assert t.epoch == 0
+    with pytest.raises(ValueError, match=r"got -?\d.* at index \(\d+, 0\).*from_logits=True"):
+        gpudl.losses.BinaryCrossEntropy()(np.array([[0.5], [1.5]], np.float32),
+                                          np.ones((2, 1), np.float32))
+    # a Sigmoid last, and from_logits=True on the raw scores, both train
+    for last, loss in (([Sigmoid()], gpudl.losses.BinaryCrossEntropy()),
+                       ([], gpudl.losses.BinaryCrossEntropy(from_logits=True))):
+        ok = gpudl.Trainer(gpudl.Sequential([Dense(4, 1, seed=0), *last]), loss,
+                           gpudl.optim.SGD(0.1))
+        assert len(ok.fit(X * 10, y, epochs=2, verbose=False)["loss"]) == 2
+
+
+def test_softmax_before_cross_entropy_warns_once():
+    with pytest.warns(UserWarning, match=r"'softmax' \(Softmax\).*CrossEntropy.*double softmax"
+                      ) as caught:
+        trainer(last=[Softmax()])
+    assert len([w for w in caught if "double softmax" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer()  # logits: no warning
+        gpudl.Trainer(gpudl.Sequential([Dense(4, 3), Softmax()]), gpudl.losses.MSE(),
+                      gpudl.optim.SGD(0.1))  # MSE on probabilities: no double softmax
+
+
+@pytest.mark.parametrize("batch_size", [10, 2])
+def test_a_loss_grown_a_thousandfold_stops_the_run(batch_size):
+    """SGD(1e6) on cross-entropy: the loss grows to ~1e6 and stays finite."""
+    t = trainer(lr=1e6)
+    with pytest.raises(FloatingPointError, match=r"the loss grew from \d.* at the start to "
+                                                 r".*the run diverged; lower the learning rate"):
+        t.fit(X, Y, epochs=20, batch_size=batch_size, verbose=False)
+    assert t.epoch < 3
+    # an ordinary run is not stopped
+    assert len(trainer(lr=0.1).fit(X, Y, epochs=20, batch_size=batch_size,
+                                   verbose=False)["loss"]) == 20

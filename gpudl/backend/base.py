@@ -23,6 +23,11 @@ from .. import precision as prec
 from ..errors import ShapeError
 
 
+#: binary_cross_entropy(from_logits=False) on a prediction that is not a probability
+BCE_RANGE = ("binary_cross_entropy: predictions must be probabilities in [0, 1]{}; for raw "
+             "scores (a model without a final Sigmoid) use BinaryCrossEntropy(from_logits=True)")
+
+
 class Backend(abc.ABC):
     #: "cpu" or "cuda"
     name: str = "?"

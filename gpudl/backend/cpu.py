@@ -8,7 +8,7 @@ import numpy as np
 from . import cpu_bn, cpu_conv, cpu_pool, dropout_key
 from .. import precision as prec
 from ..errors import ShapeError
-from .base import Backend
+from .base import BCE_RANGE, Backend
 
 BCE_EPS = 1e-7
 
@@ -202,6 +202,10 @@ class CPUBackend(Backend):
             loss = np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z)))
             grad = (self.sigmoid(z) - target) / size
         else:
+            outside = (pred < 0) | (pred > 1)
+            if outside.any():
+                first = tuple(int(i) for i in np.argwhere(outside)[0])
+                raise ValueError(BCE_RANGE.format(f", got {float(pred[first])} at index {first}"))
             p = np.clip(pred, BCE_EPS, 1 - BCE_EPS)
             loss = -(target * np.log(p) + (1 - target) * np.log1p(-p))
             grad = (p - target) / (p * (1 - p)) / size

@@ -2,12 +2,15 @@
 (cuda.py), which supplies _c, _pair, _same_shape, _launch_flat, _rows and _mean."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
 from ..kernels import elementwise as ew
 from ..kernels import loss as lk
 from ..kernels import softmax as sk
+from .base import BCE_RANGE
 from .cpu import BCE_EPS
 
 
@@ -109,4 +112,9 @@ class CUDAActivations:
         else:
             self._launch_flat(lk.binary_cross_entropy, pred.size, *args,
                               t(BCE_EPS), t(1 - BCE_EPS), t(pred.size))
+            if reduce:
+                loss = self._mean(losses)
+                if loss == math.inf:  # the kernel's mark of a prediction outside [0, 1]
+                    raise ValueError(BCE_RANGE.format(""))
+                return loss, grad
         return (self._mean(losses) if reduce else losses), grad

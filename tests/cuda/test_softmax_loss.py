@@ -118,6 +118,32 @@ def test_bce_extremes(be, cpu, from_logits):
     _loss_case(be, cpu, "binary_cross_entropy", pred, target, from_logits=from_logits)
 
 
+def test_bce_rejects_predictions_that_are_not_probabilities(be, cpu):
+    """The kernel marks each with an infinite loss (it cannot raise); the mean
+    then raises the CPU backend's error, and a fit stops before epoch 1."""
+    pred = np.array([0.2, 1.25, 0.0, 1.0, -0.5], np.float32)
+    target = np.array([0, 1, 0, 1, 1], np.float32)
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*from_logits=True"):
+        cpu.binary_cross_entropy(pred, target)
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*from_logits=True"):
+        be.binary_cross_entropy(be.asarray(pred), be.asarray(target))
+    losses, _ = be.binary_cross_entropy(be.asarray(pred), be.asarray(target), reduce=False)
+    losses = host(be, losses)
+    assert np.isinf(losses[[1, 4]]).all() and np.isfinite(losses[[0, 2, 3]]).all()
+
+    import gpudl
+    gpudl.set_device("cuda")
+    try:
+        t = gpudl.Trainer(gpudl.Sequential([gpudl.layers.Dense(2, 1, seed=0)]),
+                          gpudl.losses.BinaryCrossEntropy(), gpudl.optim.SGD(0.1))
+        x = rand(3, (6, 2), scale=10)
+        with pytest.raises(ValueError, match=r"BinaryCrossEntropy: .*from_logits=True"):
+            t.fit(x, (x[:, :1] > 0).astype(np.float32), epochs=2, verbose=False)
+        assert t.epoch == 0
+    finally:
+        gpudl.set_device("cpu")
+
+
 @pytest.mark.parametrize("size", big(1 << 20))
 def test_losses_large(be, cpu, size):
     pred = rand(1, (size,))
