@@ -17,7 +17,7 @@ import numpy as np
 
 from .callbacks import Callback
 from .errors import ModelFileError
-from .model import atomic_write, read_archive
+from .model import atomic_write, check_writable, read_archive
 
 FORMAT = "gpudl-checkpoint"
 FORMAT_VERSION = 1
@@ -47,7 +47,7 @@ def save_checkpoint(path, trainer) -> None:
             "loss_scaler": (trainer.loss_scaler.state_dict()
                             if getattr(trainer, "loss_scaler", None) is not None else None)}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays), "save_checkpoint")
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
@@ -138,6 +138,10 @@ class ModelCheckpoint(Callback):
         self.mode = mode if mode != "auto" else ("max" if "acc" in monitor else "min")
         self.best = None
         self.last_path = None
+
+    def on_train_begin(self, logs):
+        # an unwritable path fails now, not after the first epoch's work
+        check_writable(self.path.format(epoch=1), "ModelCheckpoint")
 
     def on_epoch_end(self, epoch, logs):
         if epoch % self.every:

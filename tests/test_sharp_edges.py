@@ -1,13 +1,16 @@
 """Inputs a new user gets wrong, each answered up front with an error that
 names the argument and the value (issue 13): labels, the Trainer's arguments,
 losses that do not fit the model, seeds, shapes and files."""
+import os
 import re
+import stat
 import warnings
 
 import numpy as np
 import pytest
 
 import gpudl
+from gpudl.checkpoint import CheckpointError, ModelCheckpoint
 from gpudl.layers import Dense, ReLU, Sigmoid, Softmax
 
 
@@ -110,3 +113,83 @@ def test_a_loss_grown_a_thousandfold_stops_the_run(batch_size):
     # an ordinary run is not stopped
     assert len(trainer(lr=0.1).fit(X, Y, epochs=20, batch_size=batch_size,
                                    verbose=False)["loss"]) == 20
+
+
+# ---- seeds, shapes and files
+
+
+def test_trainer_needs_a_model():
+    with pytest.raises(TypeError, match=r"Trainer: model must be a gpudl.Sequential.*NoneType"):
+        gpudl.Trainer(None, gpudl.losses.MSE(), gpudl.optim.SGD(0.1))
+
+
+@pytest.mark.parametrize("seed", ["abc", -1, 1.5, True, None])
+def test_manual_seed_needs_a_non_negative_integer(seed):
+    with pytest.raises(ValueError, match=rf"manual_seed: seed must be a non-negative integer, "
+                                         rf"got {re.escape(repr(seed))}"):
+        gpudl.manual_seed(seed)
+    gpudl.manual_seed(0)
+    gpudl.manual_seed(np.int64(3))
+
+
+@pytest.mark.parametrize("shape", [64, (64, 0), "64", (2.5,)])
+def test_input_shape_must_be_a_tuple(shape):
+    with pytest.raises(TypeError, match=r"Sequential: input_shape must be a tuple of positive "
+                                        r"per-sample sizes"):
+        gpudl.Sequential([Dense(64, 2)], input_shape=shape)
+    with pytest.raises(TypeError, match=r"such as \(64,\), got 64"):
+        gpudl.Sequential([Dense(64, 2)], input_shape=64)
+    assert gpudl.Sequential([Dense(64, 2)], input_shape=[64]).input_shape == (64,)
+
+
+def test_save_to_a_directory_says_so(tmp_path):
+    model = gpudl.Sequential([Dense(4, 2)], input_shape=(4,))
+    with pytest.raises(IsADirectoryError, match=rf"Sequential.save: '{re.escape(str(tmp_path))}' "
+                                                r"is a directory.*model.npz"):
+        model.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_model_files_honour_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        gpudl.Sequential([Dense(4, 2)], input_shape=(4,)).save(tmp_path / "m.npz")
+        t = gpudl.Trainer(gpudl.Sequential([Dense(4, 2)]), gpudl.losses.MSE(),
+                          gpudl.optim.SGD(0.1))
+        t.fit(X, np.zeros((10, 2)), verbose=False, callbacks=[ModelCheckpoint(tmp_path / "c.npz")])
+    finally:
+        os.umask(old)
+    for name in ("m.npz", "c.npz"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~umask, name
+
+
+def test_checkpoint_to_an_unwritable_path_fails_before_any_epoch(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the checkpoint's folder should be")
+    path = blocker / "ck.npz"
+    t = trainer()
+    w = t.model.state_arrays()
+    epochs = []
+    cb = gpudl.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs.append(epoch))
+    with pytest.raises(OSError, match=rf"ModelCheckpoint: cannot write '{re.escape(str(path))}'"):
+        t.fit(X, Y, epochs=2, verbose=False, callbacks=[cb, ModelCheckpoint(path)])
+    assert epochs == []
+    for k, v in t.model.state_arrays().items():
+        np.testing.assert_array_equal(v, w[k])
+
+
+def test_a_checkpoint_and_a_model_file_say_what_they_are(tmp_path):
+    t = trainer()
+    t.fit(X, Y, verbose=False, callbacks=[ModelCheckpoint(tmp_path / "ck.npz")])
+    t.model.save(tmp_path / "model.npz")
+    with pytest.raises(gpudl.ModelFileError, match=r"ck.npz' is a gpudl checkpoint "
+                                                   r"\(ModelCheckpoint.*resume_from.*not a model file"):
+        gpudl.load(tmp_path / "ck.npz")
+    with pytest.raises(CheckpointError, match=r"model.npz' is a gpudl model file "
+                                              r"\(Sequential.save; read it with gpudl.load\), "
+                                              r"not a checkpoint"):
+        trainer().fit(X, Y, epochs=2, verbose=False, resume_from=tmp_path / "model.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(gpudl.ModelFileError, match=r"an .npz archive but not a gpudl model file"):
+        gpudl.load(tmp_path / "other.npz")

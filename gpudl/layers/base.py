@@ -12,6 +12,8 @@ _init_rng = np.random.default_rng()
 def manual_seed(seed: int) -> None:
     """Seed the generator that initialises new layers' weights (and nothing else)."""
     global _init_rng
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"manual_seed: seed must be a non-negative integer, got {seed!r}")
     _init_rng = np.random.default_rng(seed)
 
 
