@@ -78,3 +78,32 @@ def test_gradcheck_catches_a_wrong_backward():
             return super().backward(grad) * 1.01
     with pytest.raises(AssertionError, match="gradient of input"):
         check_layer(Broken(), rand(2, 3))
+
+
+def test_a_float32_layer_is_checked_through_a_float64_copy():
+    """float32 central differences are noise: the check runs on a float64
+    twin and leaves the layer itself as it was."""
+    from gpudl.layers import BatchNorm, Conv2D, Residual, SeparableConv2D
+    layers = [Dense(5, 4, seed=0), Conv2D(2, 3, 3, padding=1, seed=1),
+              SeparableConv2D(2, 3, 3, seed=2),
+              Residual([Conv2D(2, 2, 3, padding=1, seed=3), BatchNorm(2), Tanh()])]
+    for layer in layers:
+        x = rand(3, 5) if isinstance(layer, Dense) else rand(3, 2, 4, 4)
+        before = {k: v.copy() for k, v in layer.params.items()}
+        errors = check_layer(layer, x, training=True)
+        assert set(errors) == {"input"} | set(before), type(layer).__name__
+        assert all(e < 1e-6 for e in errors.values()), errors
+        for k, v in layer.params.items():
+            assert v.dtype == np.float32, k
+            np.testing.assert_array_equal(v, before[k])
+        assert dict(layer.grads) == {}, "the twin's backward filled the layer's own grads"
+
+
+def test_a_wrong_backward_of_a_float32_layer_is_still_caught():
+    class Broken(Dense):
+        def backward(self, grad, need_input_grad=True):
+            dx = super().backward(grad, need_input_grad)
+            self.grads["W"] = self.grads["W"] * 1.01
+            return dx
+    with pytest.raises(AssertionError, match="gradient of W"):
+        check_layer(Broken(3, 2, seed=0), rand(2, 3))
