@@ -254,7 +254,7 @@ def _optimizer(args, n_train):
     return _optimizer_class(args.optimizer)(lr, **kw)
 
 
-def _toolkit(args, images, has_val):
+def _toolkit(args, images):
     """The callbacks and augmentation the flags ask for."""
     from .callbacks import EarlyStopping
     from .checkpoint import ModelCheckpoint
@@ -319,7 +319,7 @@ def cmd_train(args) -> int:
     classes = _check_labels(args, (("training", y_train), ("test", y_test)))
     val = None
     if args.val_split:  # fit(validation_split=...)'s seeded split, made here to report it
-        from .train import validation_split_indices
+        from .data import validation_split_indices
         try:
             train, held = validation_split_indices(len(x_train), args.val_split, args.seed)
         except ValueError as e:
@@ -345,7 +345,7 @@ def cmd_train(args) -> int:
                             distributed=dist, precision=args.precision)
     say(f"optimizer: {args.optimizer}, lr {args.lr:g}, batch size {args.batch_size}, "
         f"{args.epochs} epochs; precision: {args.precision}; device: {be.name}")
-    callbacks, augment, stopper = _toolkit(args, images, val is not None)
+    callbacks, augment, stopper = _toolkit(args, images)
     t0 = time.perf_counter()
     try:
         history = trainer.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,

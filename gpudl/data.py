@@ -40,6 +40,22 @@ def train_test_split(x, y, test_fraction=0.2, seed=0, stratify=True):
     return (x[train], y[train]), (x[test], y[test])
 
 
+def validation_split_indices(n, fraction, seed=None):
+    """(train, validation) sorted index arrays of fit(validation_split=fraction):
+    round(fraction * n) of the n samples, drawn with a generator of its own
+    derived from ``seed`` (not the shuffling one)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) \
+            or not 0 < fraction < 1:
+        raise ValueError(f"fit: validation_split must be a fraction in (0, 1), got {fraction!r}")
+    n_val = int(round(n * float(fraction)))
+    if not 0 < n_val < n:
+        raise ValueError(f"fit: validation_split={fraction} of {n} samples leaves "
+                         f"{'no validation' if n_val == 0 else 'no training'} samples")
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    order = rng.permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 def load_digits(test_fraction=0.2, seed=0, flatten=True, upscale=1):
     """The 1,797 8x8 handwritten digits that scikit-learn ships (UCI optical
     recognition data): pixels scaled to [0, 1], labels 0-9, a stratified split.

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from . import graph as graphs
 from . import precision as prec
 from .callbacks import CallbackList
+from .data import validation_split_indices
 from .errors import ShapeError
 from .losses import Loss
 from .optim import Optimizer
@@ -56,22 +57,6 @@ def _warn_double_softmax(model, loss):
 
 #: a loss this many times the starting one means the run diverged (_check_loss)
 DIVERGED_FACTOR = 1e3
-
-
-def validation_split_indices(n, fraction, seed=None):
-    """(train, validation) sorted index arrays of fit(validation_split=fraction):
-    round(fraction * n) of the n samples, drawn with a generator of its own
-    derived from ``seed`` (not the shuffling one)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) \
-            or not 0 < fraction < 1:
-        raise ValueError(f"fit: validation_split must be a fraction in (0, 1), got {fraction!r}")
-    n_val = int(round(n * float(fraction)))
-    if not 0 < n_val < n:
-        raise ValueError(f"fit: validation_split={fraction} of {n} samples leaves "
-                         f"{'no validation' if n_val == 0 else 'no training'} samples")
-    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    order = rng.permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def _split(x, y, fraction, seed):
@@ -175,7 +160,7 @@ class Trainer:
 
         ``validation_split`` (a fraction in (0, 1), instead of validation_data):
         hold out that share of x, y for the val_ metrics; the samples are
-        validation_split_indices(len(x), fraction, seed), so a seeded fit
+        gpudl.data.validation_split_indices(len(x), fraction, seed), so a seeded fit
         (and its resumed run) holds out the same ones.
 
         ``verbose``: True (or 1) a progress bar per epoch in a terminal and a

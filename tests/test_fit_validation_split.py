@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import gpudl
-from gpudl.train import validation_split_indices
+from gpudl.data import validation_split_indices
 
 
 def _trainer(seed=0):
