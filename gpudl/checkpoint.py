@@ -17,7 +17,7 @@ import numpy as np
 
 from .callbacks import Callback
 from .errors import ModelFileError
-from .model import atomic_write, check_writable, read_archive
+from .archive import atomic_write, check_writable, read_archive
 
 FORMAT = "gpudl-checkpoint"
 FORMAT_VERSION = 1

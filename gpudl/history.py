@@ -7,7 +7,7 @@ import json
 import os
 
 from .callbacks import Callback
-from .model import atomic_write
+from .archive import atomic_write
 
 
 def _columns(history: dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,6 +15,7 @@ from .data import validation_split_indices
 from .errors import ShapeError
 from .losses import Loss
 from .optim import Optimizer
+from .train_checks import diverged, warn_double_softmax
 
 
 class _RankCallbackList(CallbackList):
@@ -42,21 +42,6 @@ def _positive_int(name, value, allow_none=False, where="fit"):
         raise ValueError(f"{where}: {name} must be a positive integer"
                          f"{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
-
-
-def _warn_double_softmax(model, loss):
-    from .layers import Softmax
-    from .losses import CrossEntropy
-    layers = getattr(model, "layers", None)
-    if layers and isinstance(layers[-1], Softmax) and isinstance(loss, CrossEntropy):
-        warnings.warn(f"Trainer: the model ends with layer '{layers[-1].name}' (Softmax) and the "
-                      f"loss is CrossEntropy, which applies the softmax itself (it takes logits): "
-                      f"that is a double softmax. Remove the Softmax layer (predict_proba gives "
-                      f"probabilities)", UserWarning, stacklevel=3)
-
-
-#: a loss this many times the starting one means the run diverged (_check_loss)
-DIVERGED_FACTOR = 1e3
 
 
 def _split(x, y, fraction, seed):
@@ -97,7 +82,7 @@ class Trainer:
             raise TypeError(f"Trainer: optimizer must be a gpudl.optim.Optimizer, "
                             f"got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
-        _warn_double_softmax(model, loss)
+        warn_double_softmax(model, loss)
         self.loss.backend = model.backend
         self.augment = None
         self.callbacks = CallbackList((), self)
@@ -241,7 +226,7 @@ class Trainer:
                 if resume_from is not None:
                     from .checkpoint import restore
                     restore(self, resume_from)
-                self._loss_start = self._start_loss(xd, yd)
+                self._loss_start = None  # set in the first epoch (_run_epoch)
                 while self.epoch < epochs and not self.stop_training:
                     self._run_epoch(val, verbose, use_graph)
                 self.callbacks.call("on_train_end", {"epochs": self.epoch})
@@ -253,6 +238,8 @@ class Trainer:
 
     #: seconds between progress-bar reads of the device metrics
     progress_interval = 0.3
+    #: samples whose mean loss is the reference divergence is measured against
+    START_SAMPLES = 32
 
     @contextlib.contextmanager
     def _graph_stream(self, use_graph):
@@ -346,32 +333,14 @@ class Trainer:
     def _read_metrics(self):
         return self.model.backend.to_numpy(self._metrics)
 
-    def _start_loss(self, xd, yd):
-        """The loss as training starts (inference mode, the first 256 samples),
-        which divergence is measured against; None if it is not finite."""
-        k = min(int(xd.shape[0]), 256)
-        loss = self._evaluate(xd[:k], yd[:k])["loss"]
-        return loss if math.isfinite(loss) else None
-
     def _check_loss(self, value, epoch, first, last, starts):
-        """value: the mean loss over batches first..last (or the epoch so far).
-        Non-finite, or DIVERGED_FACTOR times the starting loss (with a floor
-        of 1e-3, so a loss starting near 0 may still move): the run diverged."""
-        start = getattr(self, "_loss_start", None)
-        grew = (start is not None and math.isfinite(value)
-                and value > DIVERGED_FACTOR * max(start, 1e-3))
-        if math.isfinite(value) and not grew:
-            return
+        """value: the mean loss over batches first..last (or the epoch so far)."""
         where = (f"batch starting at sample {starts[first]}" if first == last else
                  f"batches {first}-{last} (samples {starts[first]}-{starts[last + 1] - 1})")
-        hint = self.loss.nonfinite_hint(value)
-        if hint is not None:
-            raise ValueError(f"{hint} (the loss became {value} at epoch {epoch}, {where})")
-        what = (f"grew from {start:.4g} at the start to {value:.4g}" if grew
-                else f"became {value}")
-        raise FloatingPointError(
-            f"the loss {what} at epoch {epoch}, {where}: the run diverged; lower the learning "
-            f"rate (now {self.optimizer.lr})")
+        error = diverged(value, getattr(self, "_loss_start", None), self.loss,
+                         self.optimizer.lr, epoch, where)
+        if error is not None:
+            raise error
 
     def _run_epoch(self, val, verbose, use_graph=False):
         xd, bs, be = self._xd, self.batch_size, self.model.backend
@@ -412,6 +381,9 @@ class Trainer:
                     self.graph_info["steps"][count] = runner.mode
                 seen += count
                 bar.update(count)
+                # divergence is measured against the mean loss of the fit's first
+                # 32 samples (fewer make a noisy reference): one read per fit
+                start_loss = self._loss_start is None and seen >= min(n, self.START_SAMPLES)
                 if batch_hooks or be.reads_are_free:  # the batch's own loss, at once
                     m = self._read_metrics()
                     value = float(m[2]) / count
@@ -419,11 +391,13 @@ class Trainer:
                     checked = batch + 1
                     bar.set_postfix(loss=f"{value:.4f}")
                     self.callbacks.call("on_batch_end", batch, {"loss": value, "size": count})
-                elif time.perf_counter() - last_read > self.progress_interval:
+                elif start_loss or time.perf_counter() - last_read > self.progress_interval:
                     m = self._read_metrics()  # the bar's running mean, a few times a second
                     self._check_loss(float(m[0]) / seen, epoch, checked, batch, starts)
                     checked, last_read = batch + 1, time.perf_counter()
                     bar.set_postfix(loss=f"{m[0] / seen:.4f}")
+                if start_loss:
+                    self._loss_start = float(m[0]) / seen
                 if self.stop_training:
                     break
             if use_graph:  # as the graphs saw it; epoch-end callbacks may change it

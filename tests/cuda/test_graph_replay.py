@@ -188,7 +188,7 @@ def test_no_host_copies_inside_a_step(graph, monkeypatch):
     monkeypatch.undo()
     # _prepare uploads x and y once (2), then nothing; 3 steps per epoch
     assert counts["asarray"] == 2
-    assert counts["to_numpy"] == 1 + 2  # the starting loss (divergence's reference), epochs
+    assert counts["to_numpy"] == 1 + 2  # divergence's reference loss once, then each epoch
     assert counts["set_array"] == 4
     # eager: offset, dropout keys, optimizer rows each step; graphed: only the
     # eager warm-up step and the capture call step_input (replays refill in place)

@@ -120,7 +120,7 @@ def test_bce_extremes(be, cpu, from_logits):
 
 def test_bce_rejects_predictions_that_are_not_probabilities(be, cpu):
     """The kernel marks each with an infinite loss (it cannot raise); the mean
-    then raises the CPU backend's error, and a fit stops before epoch 1."""
+    then raises the CPU backend's error, and a fit stops in its first epoch."""
     pred = np.array([0.2, 1.25, 0.0, 1.0, -0.5], np.float32)
     target = np.array([0, 1, 0, 1, 1], np.float32)
     with pytest.raises(ValueError, match=r"in \[0, 1\].*from_logits=True"):

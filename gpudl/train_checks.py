@@ -1,0 +1,37 @@
+"""The Trainer's checks of a run: a model and loss that do not fit each other,
+and a loss that says the run diverged."""
+from __future__ import annotations
+
+import math
+import warnings
+
+#: a mean loss this many times the starting one means the run diverged; the
+#: starting loss counts as at least 1e-3, so a loss that starts near 0 may move
+DIVERGED_FACTOR = 1e3
+
+
+def warn_double_softmax(model, loss):
+    from .layers import Softmax
+    from .losses import CrossEntropy
+    layers = getattr(model, "layers", None)
+    if layers and isinstance(layers[-1], Softmax) and isinstance(loss, CrossEntropy):
+        warnings.warn(f"Trainer: the model ends with layer '{layers[-1].name}' (Softmax) and the "
+                      f"loss is CrossEntropy, which applies the softmax itself (it takes logits): "
+                      f"that is a double softmax. Remove the Softmax layer (predict_proba gives "
+                      f"probabilities)", UserWarning, stacklevel=3)
+
+
+def diverged(value, start, loss, lr, epoch, where):
+    """The error that stops the run when ``value`` (a mean loss) is not finite
+    or has grown DIVERGED_FACTOR times past ``start`` (None: not measured);
+    None while the run is fine. ``where`` names the batches."""
+    grew = (start is not None and math.isfinite(value)
+            and value > DIVERGED_FACTOR * max(start, 1e-3))
+    if math.isfinite(value) and not grew:
+        return None
+    hint = loss.nonfinite_hint(value)
+    if hint is not None:
+        return ValueError(f"{hint} (the loss became {value} at epoch {epoch}, {where})")
+    what = f"grew from {start:.4g} at the start to {value:.4g}" if grew else f"became {value}"
+    return FloatingPointError(f"the loss {what} at epoch {epoch}, {where}: the run diverged; "
+                              f"lower the learning rate (now {lr})")
