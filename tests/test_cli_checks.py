@@ -96,7 +96,9 @@ def test_learning_rate_defaults_per_optimizer(opt, lr, tmp_path, capsys):
     out, metrics = _run(tmp_path, capsys, ["--optimizer", opt])
     assert metrics["lr"] == lr
     # the run header: optimizer, lr, batch size, epochs, precision and device
-    assert f"optimizer: {opt}, lr {lr:g}, batch size 32, 1 epochs; precision: fp32; " \
+    wd = ", weight decay 0.01" if opt == "adamw" else ""   # AdamW's own default decay
+    assert metrics["weight_decay"] == (0.01 if opt == "adamw" else 0.0)
+    assert f"optimizer: {opt}, lr {lr:g}, batch size 32, 1 epochs{wd}; precision: fp32; " \
            f"device: cpu" in out
 
 
@@ -193,3 +195,25 @@ def test_a_diverged_run_is_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("gpudl train: error: the loss ") and "learning rate" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _checked(argv):
+    from gpudl.cli import make_parser
+    args = make_parser().parse_args(["train"] + argv)
+    cli_train.check_train_args(args)
+    return args
+
+
+def test_lenet_defaults_are_its_recipe_and_flags_override_it(tmp_path):
+    a = _checked(["--model", "lenet", "--save", ""])
+    assert (a.epochs, a.lr, a.augment, a.schedule, a.weight_decay) == (25, 0.03, 2, "cosine",
+                                                                       5e-4)
+    a = _checked(["--model", "lenet", "--save", "", "--augment", "0", "--schedule", "constant",
+                  "--weight-decay", "0", "--lr", "0.01"])
+    assert (a.lr, a.augment, a.schedule, a.weight_decay) == (0.01, 0, "constant", 0)
+    a = _checked(["--model", "lenet", "--save", "", "--optimizer", "adam"])
+    assert (a.lr, a.weight_decay, a.augment) == (1e-3, 0.0, 2)   # adam's own lr and decay
+    a = _checked(["--model", "mlp", "--save", ""])
+    assert (a.epochs, a.lr, a.augment, a.schedule, a.weight_decay) == (30, 0.05, 0, "constant",
+                                                                       0.0)
+    assert _checked(["--optimizer", "adamw", "--save", ""]).weight_decay == 0.01
