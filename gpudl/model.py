@@ -261,13 +261,19 @@ class Sequential:
     def predict(self, x, batch_size=None):
         """Host array in, host array out; runs in inference mode. Returns the
         model's outputs as they are: for a classifier trained with
-        CrossEntropy those are logits (predict_proba gives probabilities)."""
+        CrossEntropy those are logits (predict_proba gives probabilities).
+        x is a batch (N, ...); a single sample needs its batch axis (x[None])."""
         x = np.asarray(x)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
                 batch_size, (int, np.integer)) or batch_size <= 0):
             raise ValueError(f"predict: batch_size must be a positive integer or None, "
                              f"got {batch_size!r}")
         check_finite(x, "predict: x")
+        if self.input_shape is not None and tuple(x.shape) == tuple(self.input_shape):
+            # one sample without its batch axis: refused rather than guessed, since for
+            # some shapes a batch of samples looks the same
+            raise ShapeError(f"predict: x has the shape of one sample {tuple(x.shape)}; models "
+                             f"take a batch: add a batch axis, e.g. model.predict(x[None])")
         be = self.backend
         n = x.shape[0]
         bs = n if batch_size is None else int(batch_size)

@@ -196,3 +196,13 @@ def test_a_checkpoint_and_a_model_file_say_what_they_are(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(gpudl.ModelFileError, match=r"an .npz archive but not a gpudl model file"):
         gpudl.load(tmp_path / "other.npz")
+
+
+def test_predict_on_one_sample_says_to_add_the_batch_axis():
+    from gpudl import zoo
+    gpudl.set_device("cpu")
+    model = zoo.mlp()
+    x = np.zeros(64, np.float32)
+    with pytest.raises(gpudl.ShapeError, match=r"one sample \(64,\).*x\[None\]"):
+        model.predict(x)
+    assert model.predict(x[None]).shape == (1, 10)
