@@ -18,26 +18,7 @@ from gpudl.kernels import conv_mma as cm  # noqa: E402
 from gpudl.kernels import cuda_cpp  # noqa: E402
 from gpudl.kernels import gemm_mma as gm  # noqa: E402
 
-try:
-    cuda_cpp.nvrtc_version()
-    NO_NVRTC = None
-except Exception as e:  # ImportError, or a cuda.bindings without its NVRTC library
-    NO_NVRTC = f"NVRTC unavailable (install numba-cuda[cu12]): {e}"
-try:
-    from gpudl.kernels import catalog
-    catalog.find_ptxas()
-    NO_PTXAS = None
-except FileNotFoundError as e:
-    NO_PTXAS = str(e)
-try:
-    cuda_cpp.find_nvdisasm()
-    NO_NVDISASM = None
-except FileNotFoundError as e:
-    NO_NVDISASM = str(e)
-
-needs_nvrtc = pytest.mark.skipif(NO_NVRTC is not None, reason=NO_NVRTC or "")
-needs_ptxas = pytest.mark.skipif(NO_PTXAS is not None, reason=NO_PTXAS or "")
-needs_nvdisasm = pytest.mark.skipif(NO_NVDISASM is not None, reason=NO_NVDISASM or "")
+from cutools import NO_NVDISASM, NO_NVRTC, NO_PTXAS, needs_nvdisasm, needs_nvrtc, needs_ptxas  # noqa: E402,F401
 
 CASES = [(p, op) for p in gm.ELEM for op in cm.OPS]
 _HMMA = {"tf32": "HMMA.1688.F32.TF32", "bf16": "HMMA.16816.F32.BF16", "fp16": "HMMA.16816.F32"}

@@ -22,18 +22,7 @@ pytestmark = pytest.mark.skipif(simulator_enabled(),
 from gpudl.kernels import catalog, cuda_cpp  # noqa: E402
 from gpudl.kernels import sgemm as sg  # noqa: E402
 
-try:
-    cuda_cpp.nvrtc_version()
-    NO_NVRTC = None
-except Exception as e:  # ImportError, or a cuda.bindings without its NVRTC library
-    NO_NVRTC = f"NVRTC unavailable (install numba-cuda[cu12]): {e}"
-try:
-    cuda_cpp.find_nvdisasm()
-    NO_NVDISASM = None
-except FileNotFoundError as e:
-    NO_NVDISASM = str(e)
-needs_nvrtc = pytest.mark.skipif(NO_NVRTC is not None, reason=NO_NVRTC or "")
-needs_nvdisasm = pytest.mark.skipif(NO_NVDISASM is not None, reason=NO_NVDISASM or "")
+from cutools import NO_NVDISASM, NO_NVRTC, needs_nvdisasm, needs_nvrtc  # noqa: E402,F401
 
 ENTRIES = [f"sgemm_{v}{s}" for v in sg.VARIANTS for s in ("", "_scalar")]
 SHAPES = sorted(sg.OPTIONS)  # blocks per SM
