@@ -6,6 +6,11 @@ PY := $(VENV)/bin/python
 # On a machine with an NVIDIA driver, also install CuPy so `make train` uses the GPU.
 GPU_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo ",cuda12")
 STAMP := $(VENV)/.installed$(GPU_EXTRA)
+# PyTorch's CPU build, for the tests that cross-check gpudl against it (interop,
+# layers, optimizers). 2.13.0 is the CPU wheel this project's machines hold on
+# disk; elsewhere PyPI's torch is a CUDA build of several GB, so point pip at the
+# CPU index: make test TORCH_PIP="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP ?= torch==2.13.0
 PYTEST_FLAGS ?= -q -ra
 
 .PHONY: install train test test-cpu test-sim kernels-report wheel-check bench gpu-check clean
@@ -13,6 +18,7 @@ PYTEST_FLAGS ?= -q -ra
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIP)
 	$(PY) -m pip install -q -e ".[test,data$(GPU_EXTRA)]"
 	touch $(STAMP)
 

@@ -371,6 +371,27 @@ class Sequential:
                 out[f"layers.{i}.buffer.{k}"] = self.backend.to_numpy(v)
         return out
 
+    def state_dict(self) -> dict:
+        """Host copies of every parameter and buffer under PyTorch's dotted keys
+        ("0.weight", "4.block.1.running_mean"): exactly the keys of
+        gpudl.interop.to_torch(self).state_dict(). See gpudl.interop."""
+        from .interop import state_dict
+        return state_dict(self)
+
+    def load_state_dict(self, state, strict=True) -> "Sequential":
+        """Load a state_dict (NumPy arrays or torch tensors, PyTorch's extras
+        such as num_batches_tracked ignored); an error lists every missing,
+        extra or mis-shaped key before anything is written. See gpudl.interop."""
+        from .interop import load_state_dict
+        load_state_dict(self, state, strict=strict)
+        return self
+
+    def export_onnx(self, path, input_shape=None, opset=17, fold_batchnorm=True) -> None:
+        """Write the inference network as an ONNX graph (see gpudl.onnx_export)."""
+        from .onnx_export import export_onnx
+        export_onnx(self, path, input_shape=input_shape, opset=opset,
+                    fold_batchnorm=fold_batchnorm)
+
     def save(self, path) -> None:
         """Write architecture and weights to one .npz file, atomically."""
         arrays = self.state_arrays()
