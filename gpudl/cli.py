@@ -1,4 +1,5 @@
-"""The gpudl command: ``gpudl train`` (the main job) and ``gpudl info``."""
+"""The gpudl command: ``gpudl train`` (the main job), ``gpudl info``, ``demo``,
+``profile`` and ``export`` (a saved model as ONNX)."""
 from __future__ import annotations
 
 import argparse
@@ -153,6 +154,9 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--precision", choices=list(POLICIES), default="fp32",
                     help="matmul/conv input precision, as for train")
     pr.set_defaults(run=cmd_profile)
+
+    from .cli_export import add_export_parser
+    add_export_parser(sub)
     return p
 
 
