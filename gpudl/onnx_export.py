@@ -26,19 +26,14 @@ import os
 
 import numpy as np
 
+from . import layers as L
 from .errors import ShapeError
 
 MIN_OPSET = 17
 
 
-def _layer_types():
-    from . import layers as L
-    return L
-
-
 def _handlers():
     """exact class -> handler; exact, since a subclass may compute something else."""
-    L = _layer_types()
     return {L.Dense: _dense, L.Perceptron: _perceptron, L.Conv2D: _conv,
             L.DepthwiseConv2D: _conv, L.SeparableConv2D: _separable,
             L.Conv2DTranspose: _conv_transpose, L.BatchNorm: _batchnorm,

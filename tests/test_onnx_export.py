@@ -318,3 +318,13 @@ def test_cli_export_errors(tmp_path, capsys):
     assert not os.path.exists(out)
     assert main(["export", str(tmp_path / "m.npz"), out, "--input-shape", "1x6x6"]) == 0
     assert os.path.exists(out)
+
+
+def test_import_gpudl_and_its_cli_do_not_import_onnx():
+    import subprocess
+    import sys
+    code = ("import sys, gpudl, gpudl.cli\ngpudl.cli.make_parser()\n"
+            "print([m for m in ('onnx', 'onnxruntime', 'gpudl.onnx_export') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.strip()
+    assert out == "[]"
