@@ -1,4 +1,15 @@
-"""Data sets that need no network at run time, and splitting helpers."""
+"""Data sets that need no network at run time, splitting helpers, and the
+data set protocol that Trainer.fit, evaluate and predict stream from.
+
+A data set is anything with ``__len__`` and ``__getitem__``: given an integer
+index array it returns the batch ``(x, y)`` of those samples as NumPy arrays
+(ArrayDataset, gpudl.datasets.IDXDataset, CIFAR10BinDataset); a data set whose
+``__getitem__`` takes one integer and returns one sample ``(x, y)`` works too
+(its samples are stacked). Set a class attribute ``batched = True`` (or False)
+to say which; without it the Trainer asks for two samples by an index array
+once and falls back to one at a time if that fails. An iterable of ``(x, y)``
+batches (a generator, a list of tuples) is read in its own order.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -80,3 +91,58 @@ def load_digits(test_fraction=0.2, seed=0, flatten=True, upscale=1):
 
 
 DATASETS = {"digits": load_digits}
+
+
+class ArrayDataset:
+    """Arrays x (N, ...) and y (N, ...) as a data set: ``ds[idx]`` is
+    ``(x[idx], y[idx])`` for an index array (or one sample for an integer).
+
+    Over np.memmap arrays (``np.load(path, mmap_mode="r")``) only the rows a
+    batch asks for are read, so the arrays may be larger than memory. Over
+    ordinary in-memory arrays Trainer.fit takes its fast path by default (the
+    arrays uploaded once, batches gathered on the device); ``stream=True``
+    streams them instead."""
+
+    batched = True
+
+    def __init__(self, x, y):
+        if not hasattr(x, "shape") or not hasattr(y, "shape"):
+            x, y = np.asarray(x), np.asarray(y)
+        if len(x.shape) == 0 or len(y.shape) == 0 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"ArrayDataset: x {tuple(x.shape)} and y {tuple(y.shape)} must "
+                             f"have the same number of samples along axis 0")
+        self.x, self.y = x, y
+
+    @property
+    def in_memory(self) -> bool:
+        """True when both arrays are ordinary ndarrays (no memory map)."""
+        return all(type(a) is np.ndarray for a in (self.x, self.y))
+
+    def __len__(self):
+        return int(self.x.shape[0])
+
+    def __getitem__(self, idx):
+        return np.asarray(self.x[idx]), np.asarray(self.y[idx])
+
+    def __repr__(self):
+        kind = "in memory" if self.in_memory else "memory-mapped"
+        return f"ArrayDataset({len(self)} samples of {tuple(self.x.shape[1:])}, {kind})"
+
+
+class Subset:
+    """The samples ``indices`` of ``dataset``, in that order, as a data set
+    (fit's validation_split on a data set holds out a Subset)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batched = getattr(dataset, "batched", None)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, idx):
+        return self.dataset[self.indices[idx]]
+
+    def __repr__(self):
+        return f"Subset({len(self)} samples of {self.dataset!r})"

@@ -11,6 +11,10 @@ to get it. Files live under ``root`` (default: $GPUDL_DATA, else ~/.gpudl/data):
 
 Each loader returns ((x_train, y_train), (x_test, y_test)): x is float in [0, 1]
 shaped (N, C, H, W), or (N, C*H*W) with ``flatten=True``; y is int64.
+
+To stream a data set from disk instead of loading it, the memory-mapped
+readers of gpudl/datasets_mmap.py (open_idx, open_mnist, IDXDataset,
+open_cifar10_bin, CIFAR10BinDataset) are importable from here too.
 """
 from __future__ import annotations
 
@@ -204,6 +208,9 @@ def load_cifar10(root=None, flatten=False, dtype=np.float32):
         out.append((_scale(raw, dtype, flatten), np.concatenate([y for _, y in chunk])))
     return tuple(out)
 
+
+from .datasets_mmap import (CIFAR10BinDataset, IDXDataset, open_cifar10_bin,  # noqa: E402,F401
+                            open_idx, open_mnist)
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
 

@@ -90,6 +90,9 @@ def blockers(trainer) -> list:
         if hooks:
             out.append(f"callback {type(cb).__name__} runs every batch ({', '.join(hooks)}) "
                        f"and reads the batch's loss on the host")
+    if getattr(trainer, "_feed", None) is not None:
+        out.append("the batches stream from a data set (gpudl.stream): each is a new "
+                   "upload, not the fixed device arrays a captured step reads")
     if trainer.distributed is not None:
         out.append("distributed training averages gradients through the host (MPI)")
     if _profiled(trainer.model.backend):

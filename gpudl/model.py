@@ -262,7 +262,12 @@ class Sequential:
         """Host array in, host array out; runs in inference mode. Returns the
         model's outputs as they are: for a classifier trained with
         CrossEntropy those are logits (predict_proba gives probabilities).
-        x is a batch (N, ...); a single sample needs its batch axis (x[None])."""
+        x is a batch (N, ...); a single sample needs its batch axis (x[None]).
+        x may also be a data set, np.memmap or iterable of batches (gpudl.stream),
+        read batch by batch (batch_size None: 256 a batch)."""
+        from .stream import is_source, predict as stream_predict
+        if is_source(x) or isinstance(x, np.memmap):
+            return stream_predict(self, x, batch_size)
         x = np.asarray(x)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
                 batch_size, (int, np.integer)) or batch_size <= 0):

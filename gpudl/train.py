@@ -10,12 +10,12 @@ from tqdm.auto import tqdm
 
 from . import graph as graphs
 from . import precision as prec
+from . import stream as streams
 from .callbacks import CallbackList
 from .data import validation_split_indices
-from .errors import ShapeError
 from .losses import Loss
 from .optim import Optimizer
-from .train_checks import diverged, warn_double_softmax
+from .train_checks import check_arrays, diverged, warn_double_softmax
 
 
 class _RankCallbackList(CallbackList):
@@ -112,36 +112,23 @@ class Trainer:
 
     # ---- input checks, all before any work
     def _prepare(self, x, y, what="x"):
-        x = np.asarray(x)
-        y = np.asarray(y)
-        if x.ndim < 2:
-            raise ShapeError(f"{what}: expected a batch of shape (N, features...), got {x.shape}")
-        if x.shape[0] != y.shape[0]:
-            raise ShapeError(f"{what} has {x.shape[0]} samples but its targets have {y.shape[0]}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{what} is empty")
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"{what}: expected numbers, got dtype {x.dtype}")
-        bad = ~np.isfinite(x) if x.dtype.kind == "f" else None
-        if bad is not None and bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"{what} contains {int(bad.sum())} NaN or infinite values "
-                             f"(first at index {first})")
-        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-            raise ValueError(f"the targets of {what} contain NaN or infinite values")
-        out_shape = self.model.output_shape(x.shape[1:])
-        self.loss.check_targets(y, out_shape)
+        x, y = check_arrays(self.model, self.loss, x, y, what)
         be = self.model.backend
         self.loss.backend = be
         return (be.asarray(x, dtype=self.model.dtype),
                 be.asarray(y, dtype=self.loss.target_dtype(self.model.dtype)), y)
 
     # ---- training
-    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
+    def fit(self, x, y=None, epochs=1, batch_size=32, validation_data=None, shuffle=True,
             seed=None, verbose=True, callbacks=(), augment=None, resume_from=None,
-            graph="auto", validation_split=None):
+            graph="auto", validation_split=None, stream="auto"):
         """Train and return the history: a dict of per-epoch lists
         (loss, accuracy when it applies, and val_ versions with validation_data).
+
+        x, y are arrays, or x is a data set (y=None; validation_data may be one
+        too): see gpudl.stream for what ``stream`` ("auto", True, False) streams
+        from the host through a background loader thread and what is uploaded
+        once; the same seed gives the same batches either way.
 
         ``validation_split`` (a fraction in (0, 1), instead of validation_data):
         hold out that share of x, y for the val_ metrics; the samples are
@@ -182,14 +169,18 @@ class Trainer:
             if seed is None and self.distributed is not None:
                 raise ValueError("fit: validation_split in a distributed run needs a seed "
                                  "(every rank must hold out the same samples)")
-            x, y, validation_data = _split(x, y, validation_split, seed)
-        xd, yd, y_host = self._prepare(x, y)
-        val = None
-        if validation_data is not None:
-            if len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            # checked and uploaded once, now: fail before epoch 1, copy once per fit
-            val = self._prepare(*validation_data, what="validation_data x")
+        src = streams.source(x, y, stream, "fit")
+        streams.check_fit(src, shuffle, self.distributed, epochs, validation_split)
+        if validation_split is not None:
+            if src is not None:
+                src, validation_data = streams.split(src, validation_split, seed)
+            else:
+                x, y, validation_data = _split(*streams.arrays_of(x, y), validation_split, seed)
+        self._feed = None if src is None else streams.Feed(self.model, self.loss, src)
+        xd, yd, _ = self._prepare(*streams.arrays_of(x, y)) if src is None else (None,) * 3
+        # checked (and for arrays uploaded) once, now: fail before epoch 1
+        val = None if validation_data is None else streams.validation(
+            self, validation_data, stream, epochs)
         dist = self.distributed
         # distributed, rank > 0: file-writing callbacks are skipped, no bars or lines
         self.callbacks = (_RankCallbackList if dist is not None and not dist.is_main
@@ -198,8 +189,8 @@ class Trainer:
             verbose = verbose if dist.is_main else False
             # rank 0's weights on every rank, and one shuffling seed for all
             seed = dist.prepare(self.model, seed)
-        n = xd.shape[0]
-        self.batch_size = n if batch_size is None else min(batch_size, n)
+        self._n = n = xd.shape[0] if src is None else src.n  # None: an iterable's own batches
+        self.batch_size = n if batch_size is None else min(batch_size, n or batch_size)
         self.epochs, self.shuffle, self.augment = epochs, shuffle, augment
         use_graph, why = graphs.plan(graph, self)
         self.graph_info = {"requested": graph, "captured": use_graph, "reason": why,
@@ -343,18 +334,18 @@ class Trainer:
             raise error
 
     def _run_epoch(self, val, verbose, use_graph=False):
-        xd, bs, be = self._xd, self.batch_size, self.model.backend
-        n = xd.shape[0]
+        bs, be, feed, n = self.batch_size, self.model.backend, self._feed, self._n
         epoch = self.epoch + 1
         self.callbacks.call("on_epoch_begin", epoch, {})
         t0 = time.perf_counter()
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        # drawn the same way for a streamed data set, so both see the same batches
+        order = None if n is None else self.rng.permutation(n) if self.shuffle else np.arange(n)
         dist = self.distributed
         if dist is not None:  # hook (a): this rank's shard of the epoch's order
             order = dist.shard(order)
             n = len(order)
-        full = bs >= n and not self.shuffle and dist is None
-        if not full:  # one upload of the order per epoch, into the same buffer
+        full = feed is None and bs >= n and not self.shuffle and dist is None
+        if feed is None and not full:  # one upload of the order per epoch, into one buffer
             order = np.ascontiguousarray(order, np.int64)
             if self._perm is None or self._perm.shape[0] != order.shape[0]:
                 self._perm = be.zeros(order.shape, np.int64)
@@ -364,26 +355,33 @@ class Trainer:
             self._steps = {}  # something the graphs baked in changed since: capture again
         be.set_array(self._metrics, np.zeros(4))
         batch_hooks = any(graphs._batch_hooks(cb) for cb in self.callbacks)
-        starts = list(range(0, n, bs)) + [n]
-        seen, checked, last_read = 0, 0, time.perf_counter()
+        starts, seen, checked, last_read = [0], 0, 0, time.perf_counter()
+        # (count, x, y): streamed batches come prepared by the loader thread, closed
+        # with the epoch however it ends; else x, y are None: gathered on the device
+        batches = feed.epoch(order, bs) if feed is not None else (
+            (min(bs, n - s), None, None) for s in range(0, n, bs))
         # disable=None: a bar on a terminal, plain per-epoch lines in a log
         # verbose=2 (Keras's): no bar, one line per epoch, printed as it ends
         with tqdm(total=n, disable=None if verbose == 1 else True, unit="sample", leave=True,
-                  desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar:
+                  desc=f"epoch {epoch}/{self.epochs}", dynamic_ncols=True) as bar, \
+                contextlib.closing(batches):
             plain = bool(bar.disable)  # read now: closing the bar sets bar.disable
-            for batch, start in enumerate(starts[:-1]):
-                count = min(bs, n - start)
+            for batch, (count, xb, yb) in enumerate(batches):
+                starts.append(starts[-1] + count)
                 self.callbacks.call("on_batch_begin", batch, {})
-                self._batch_start = start
-                runner = self._runner(count, full, use_graph)
-                runner()
+                self._batch_start = starts[batch]
+                if xb is not None:
+                    self.train_on_batch(xb, yb)
+                else:
+                    runner = self._runner(count, full, use_graph)
+                    runner()
                 if use_graph:
                     self.graph_info["steps"][count] = runner.mode
                 seen += count
                 bar.update(count)
                 # divergence is measured against the mean loss of the fit's first
                 # 32 samples (fewer make a noisy reference): one read per fit
-                start_loss = self._loss_start is None and seen >= min(n, self.START_SAMPLES)
+                start_loss = self._loss_start is None and seen >= min(n or self.START_SAMPLES, self.START_SAMPLES)
                 if batch_hooks or be.reads_are_free:  # the batch's own loss, at once
                     m = self._read_metrics()
                     value = float(m[2]) / count
@@ -413,7 +411,8 @@ class Trainer:
             if self.loss.has_accuracy:
                 logs["accuracy"] = correct / max(seen, 1)
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in self._evaluate(*val).items()})
+                logs.update({f"val_{k}": v for k, v in (self._evaluate(*val) if isinstance(
+                    val, tuple) else val.evaluate()).items()})
             logs["time"] = time.perf_counter() - t0
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"})
         self.epoch = epoch
@@ -429,8 +428,9 @@ class Trainer:
                 + f" ({logs['time']:.2f} s)", flush=True)
         return logs
 
-    def evaluate(self, x, y, batch_size=256, metrics=None):
-        """Mean loss (and accuracy where it applies) in inference mode.
+    def evaluate(self, x, y=None, batch_size=256, metrics=None, stream="auto"):
+        """Mean loss (and accuracy where it applies) in inference mode; x may
+        be a data set (y=None), streamed as fit streams it (gpudl.stream).
 
         ``metrics``: names from gpudl.metrics.METRICS for a classifier with
         (N, classes) outputs: "top_k" (adds top_5_accuracy; "top_3" for k=3),
@@ -440,7 +440,11 @@ class Trainer:
         from . import metrics as metrics_mod
         batch_size = _positive_int("batch_size", batch_size, where="evaluate")
         names = metrics_mod.check_names(metrics) if metrics is not None else []
+        src = streams.source(x, y, stream, "evaluate")
         with self._policy():
+            if src is not None:
+                return streams.evaluate(self, src, batch_size, names)
+            x, y = streams.arrays_of(x, y)
             result = self._evaluate(*self._prepare(x, y), batch_size=batch_size)
             if names:
                 result.update(metrics_mod.compute(names, self.model.predict(
@@ -467,7 +471,8 @@ class Trainer:
         return result
 
     def predict(self, x, batch_size=256):
-        """The model's outputs (for a classifier: logits; see predict_proba)."""
+        """The model's outputs (for a classifier: logits; see predict_proba);
+        x may be a data set or an iterable of batches (see Sequential.predict)."""
         with self._policy():
             return self.model.predict(x, batch_size=batch_size)
 

@@ -35,3 +35,31 @@ def diverged(value, start, loss, lr, epoch, where):
     what = f"grew from {start:.4g} at the start to {value:.4g}" if grew else f"became {value}"
     return FloatingPointError(f"the loss {what} at epoch {epoch}, {where}: the run diverged; "
                               f"lower the learning rate (now {lr})")
+
+
+def check_arrays(model, loss, x, y, what="x"):
+    """Host arrays x, y after fit's input checks (batch axis, matching counts,
+    numbers, finite values, targets that fit the model's outputs); a streamed
+    batch goes through the same checks, with ``what`` naming it."""
+    import numpy as np
+
+    from .errors import ShapeError
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 2:
+        raise ShapeError(f"{what}: expected a batch of shape (N, features...), got {x.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise ShapeError(f"{what} has {x.shape[0]} samples but its targets have {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is empty")
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{what}: expected numbers, got dtype {x.dtype}")
+    bad = ~np.isfinite(x) if x.dtype.kind == "f" else None
+    if bad is not None and bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{what} contains {int(bad.sum())} NaN or infinite values "
+                         f"(first at index {first})")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise ValueError(f"the targets of {what} contain NaN or infinite values")
+    loss.check_targets(y, model.output_shape(x.shape[1:]))
+    return x, y
