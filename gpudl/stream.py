@@ -226,15 +226,21 @@ class Feed:
                 and tuple(np.shape(x)[1:]) != self.sample_shape:
             raise ShapeError(f"{what}: samples of shape {tuple(np.shape(x)[1:])}, but batch 0's "
                              f"were {self.sample_shape}")
-        if self.loss is not None:
-            x, y = check_arrays(self.model, self.loss, x, y, what)
-        else:
-            from .model import check_finite
-            x = np.asarray(x)
-            if x.ndim < 2 or x.shape[0] == 0:
-                raise ShapeError(f"{what}: expected a batch of shape (N, features...), got {x.shape}")
-            check_finite(x, what)
-            self.model.output_shape(x.shape[1:])
+        try:
+            if self.loss is not None:
+                x, y = check_arrays(self.model, self.loss, x, y, what)
+            else:
+                from .model import check_finite
+                x = np.asarray(x)
+                if x.ndim < 2 or x.shape[0] == 0:
+                    raise ShapeError(f"{what}: expected a batch of shape (N, features...), "
+                                     f"got {x.shape}")
+                check_finite(x, what)
+                self.model.output_shape(x.shape[1:])
+        except (ShapeError, ValueError, TypeError) as e:
+            if what in str(e):
+                raise
+            raise type(e)(f"{what}: {e}") from e  # the model's or loss's own words, placed
         if self.sample_shape is None:
             self.sample_shape = tuple(x.shape[1:])
         return x, y
