@@ -1,6 +1,7 @@
-"""A streamed fit on the CUDA backend (simulator or GPU), a few tiny batches:
-one tiny batch each: the batch is uploaded by the consumer once (x and y), the weights equal the
-in-memory run's, and graph capture is refused with the reason."""
+"""A streamed fit on the CUDA backend (simulator or GPU), one tiny batch (a
+simulated step costs seconds): the consumer uploads the batch once (x and y),
+the weights equal the in-memory run's, and graph capture is refused with the
+reason."""
 import numpy as np
 import pytest
 
