@@ -87,6 +87,8 @@ class IndexedSource:
         self.fresh = type(base).__module__ in ("gpudl.data", "gpudl.datasets_mmap")
 
     def tasks(self, order, batch_size):
+        """(batch number, first position, indices) for each batch of ``order``
+        (None: 0..n-1), consumed by the loader thread."""
         order = np.arange(self.n) if order is None else order
         for k, start in enumerate(range(0, len(order), batch_size)):
             yield k, start, order[start:start + batch_size]
@@ -102,6 +104,7 @@ class IndexedSource:
             return False
 
     def fetch(self, task):
+        """(batch number, first position, the data set's batch) of one task."""
         k, start, idx = task
         if self.batched is None:  # decided once, on the first two indices asked for
             self.batched = self._probe(np.asarray(idx[:2]))
@@ -129,12 +132,15 @@ class IterableSource:
         self.one_shot = iter(iterable) is iterable
 
     def tasks(self, order, batch_size):
+        """(batch number, first position, batch) for each batch the iterable
+        yields; ``order`` and ``batch_size`` do not apply."""
         start = 0
         for k, item in enumerate(self.iterable):
             yield k, start, item
             start += len(item[0] if isinstance(item, (tuple, list)) else item)
 
     def fetch(self, task):
+        """The task is the batch already."""
         return task
 
 

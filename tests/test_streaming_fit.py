@@ -113,6 +113,8 @@ def test_an_iterable_of_batches_is_read_in_its_own_order():
         make_trainer().fit(batches, epochs=1, verbose=False)
     with pytest.raises(ValueError, match="one-shot iterator"):
         make_trainer().fit(iter(batches), epochs=2, verbose=False, shuffle=False)
+    with pytest.raises(ValueError, match="gave no batches"):
+        make_trainer().fit((b for b in []), epochs=1, verbose=False, shuffle=False)
     with pytest.raises(ValueError, match="validation_split holds out samples by index"):
         make_trainer().fit(batches, shuffle=False, validation_split=0.2, verbose=False)
 
