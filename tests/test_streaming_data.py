@@ -196,3 +196,40 @@ def test_closing_stops_a_thread_blocked_on_a_full_queue():
     assert time.perf_counter() - t0 < 2 and not pf.thread.is_alive()
     with pytest.raises(StopIteration):
         next(pf)
+
+
+def test_pinned_staging_reuses_a_buffer_only_after_its_upload_finished(monkeypatch):
+    """The opt-in GPU path's bookkeeping, on NumPy stand-ins for CuPy: it has
+    not run on a GPU (none was lent), so only its logic is checked here."""
+    import sys
+    import types
+
+    from gpudl.loader import PinnedStaging, pinned_requested
+    waited = []
+
+    class Event:
+        def record(self, stream):
+            self.stream = stream
+
+        def synchronize(self):
+            waited.append(self)
+
+    class DeviceArray(np.ndarray):
+        def set(self, host, stream=None):
+            self[...] = host
+    cuda = types.SimpleNamespace(get_current_stream=lambda: "stream", Event=Event)
+    cupy = types.SimpleNamespace(cuda=cuda, empty=lambda s, d: np.empty(s, d).view(DeviceArray))
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=np.empty))
+    staging = PinnedStaging(cupy, slots=2)
+    a, b, c = (np.full((2, 3), v, np.float32) for v in (1, 2, 3))
+    pa, pb = staging.stage(a), staging.stage(b)
+    assert pa is not pb and not waited
+    out = staging.upload(pa)
+    assert np.array_equal(out, a)
+    pc = staging.stage(c)          # slot 0 again: waits for pa's upload first
+    assert pc is pa and len(waited) == 1 and np.array_equal(pc, c)
+    monkeypatch.setenv("GPUDL_PINNED_UPLOAD", "1")
+    assert not pinned_requested(types.SimpleNamespace(_cp=None))  # CPU and simulator: off
+    assert pinned_requested(types.SimpleNamespace(_cp=cupy))
+    monkeypatch.delenv("GPUDL_PINNED_UPLOAD")
+    assert not pinned_requested(types.SimpleNamespace(_cp=cupy))  # opt-in only

@@ -127,6 +127,10 @@ def test_stream_false_reads_a_data_set_into_memory_once():
     t.fit(PerSample(x, y), stream=False, **FIT)
     assert t._feed is None
     same_run(ref, t)
+    fast = make_trainer()  # an ArrayDataset over ndarrays keeps the fast path by default
+    fast.fit(ArrayDataset(x, y), **FIT)
+    assert fast._feed is None
+    same_run(ref, fast)
 
 
 def test_a_resumed_streamed_run_matches_the_uninterrupted_one(tmp_path):
