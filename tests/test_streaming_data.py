@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpudl.data import ArrayDataset, Subset
-from gpudl.datasets import (CIFAR10BinDataset, IDX_FILES, IDXDataset, load_mnist,
+from gpudl.datasets import (CIFAR10BinDataset, IDX_FILES, load_mnist,
                             open_cifar10_bin, open_idx, open_mnist)
 from gpudl.errors import DataError
 from gpudl.loader import Prefetcher
