@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import gpudl
 
@@ -16,6 +17,9 @@ def _blocks():
 
 
 def test_readme_python_samples_run(tmp_path, monkeypatch, capsys):
+    # the interop samples need the test extra's torch and onnxruntime (make test installs them)
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
     blocks = _blocks()
     assert len(blocks) >= 3, "the README's python samples were not found"
     monkeypatch.chdir(tmp_path)                              # model.save("digits.npz") lands here
@@ -32,3 +36,5 @@ def test_readme_python_samples_run(tmp_path, monkeypatch, capsys):
     assert ns["trainer"].evaluate(ns["x_test"], ns["y_test"])["accuracy"] > 0.9
     np.testing.assert_allclose(ns["probs"].sum(axis=1), 1.0, rtol=1e-5)
     assert (tmp_path / "digits.npz").exists() and (tmp_path / "trace.json").exists()
+    assert "PyTorch round trip" in out and "onnxruntime matches predict: (5, 10)" in out
+    assert len(ns["stream_history"]["loss"]) == 1 and ns["stream_history"]["val_loss"][0] > 0
