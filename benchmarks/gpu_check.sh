@@ -193,6 +193,19 @@ else
   prec_rc=${PIPESTATUS[0]}; [ "$prec_rc" = 0 ] || status=1
 fi
 
+step "streaming data: python -m benchmarks.streaming --device cuda (plain, then pinned uploads)"
+stream_rc=skipped
+T=$(limit ${T_STREAM:-60} 35)
+if (( T >= 30 )); then
+  timeout -k 10 $(( T / 2 )) $PY -m benchmarks.streaming --device cuda --samples 4096 --repeat 2 \
+    --json "$OUT/streaming.json" 2>&1 | tail -14
+  stream_rc=${PIPESTATUS[0]}
+  GPUDL_PINNED_UPLOAD=1 timeout -k 10 $(( T / 2 )) $PY -m benchmarks.streaming --device cuda \
+    --samples 4096 --repeat 2 --json "$OUT/streaming-pinned.json" 2>&1 | tail -14
+  pinned_rc=${PIPESTATUS[0]}; [ "$pinned_rc" = 0 ] || stream_rc="pinned: $pinned_rc"
+  [ "$stream_rc" = 0 ] || status=1
+fi
+
 step "main job on the GPU: gpudl train --device cuda"
 T=$(limit ${T_TRAIN:-45} 0)
 if (( T < 20 )); then
@@ -212,6 +225,7 @@ printf '%-34s %s\n' "GPU tests (tests/cuda)" "$(rcword "$gpu_rc")" \
   "launch overhead" "$(rcword "$launch_rc" ok)" \
   "tensor-core GEMM (gemm_precision)" "$(rcword "$mma_rc" ok)" \
   "precision (precision_step)" "$(rcword "$prec_rc" ok)" \
+  "streaming (plain, pinned uploads)" "$(rcword "$stream_rc" ok)" \
   "gpudl train --device cuda" "$(rcword "$train_rc")"
 [ -f "$OUT/train-gpu.json" ] && $PY -c "import json;m=json.load(open('$OUT/train-gpu.json'));print(f\"train: test accuracy {m['test_accuracy']:.4f} in {m['seconds']:.1f} s on {m['device_name']}\")"
 [ -f "$OUT/bench.json" ] && $PY -m benchmarks.summary "$OUT/bench.json"
