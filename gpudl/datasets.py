@@ -76,6 +76,28 @@ def _locate(title, dirs, names, gz, how):
     return found
 
 
+def parse_idx_header(path, raw, magic, size):
+    """(shape, header bytes) from the start of an IDX file (``raw``: at least its
+    header, or all it has), checked against the file's ``size`` in bytes."""
+    kind = "images" if magic == IDX_IMAGES else "labels"
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated: {size} bytes, too short for an IDX header")
+    got = struct.unpack(">I", raw[:4])[0]
+    if got != magic:
+        raise DataError(f"{path}: bad magic number 0x{got:08X}, expected 0x{magic:08X} (IDX uint8 {kind}); "
+                        f"not an IDX {kind} file, still compressed, or images and labels swapped")
+    ndim = magic & 0xFF
+    head = 4 + 4 * ndim
+    if size < head or len(raw) < head:
+        raise DataError(f"{path}: truncated: {size} bytes, shorter than the {head}-byte IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:head])
+    want = head + int(np.prod(dims, dtype=np.int64))
+    if size != want:
+        raise DataError(f"{path}: size mismatch: the header gives shape {dims}, i.e. {want} bytes, "
+                        f"but the file has {size} (truncated or corrupt)")
+    return tuple(int(d) for d in dims), head
+
+
 def read_idx(path, magic):
     """One IDX file (plain or .gz) as a uint8 array of the shape its header gives;
     ``magic`` is IDX_IMAGES or IDX_LABELS."""
@@ -88,22 +110,7 @@ def read_idx(path, magic):
             raw = path.read_bytes()
     except (OSError, EOFError) as e:  # a cut-off .gz ends in EOFError, a non-gzip one in BadGzipFile
         raise DataError(f"{path}: cannot read: {e}") from e
-    kind = "images" if magic == IDX_IMAGES else "labels"
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated: {len(raw)} bytes, too short for an IDX header")
-    got = struct.unpack(">I", raw[:4])[0]
-    if got != magic:
-        raise DataError(f"{path}: bad magic number 0x{got:08X}, expected 0x{magic:08X} (IDX uint8 {kind}); "
-                        f"not an IDX {kind} file, still compressed, or images and labels swapped")
-    ndim = magic & 0xFF
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise DataError(f"{path}: truncated: {len(raw)} bytes, shorter than the {head}-byte IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:head])
-    want = head + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != want:
-        raise DataError(f"{path}: size mismatch: the header gives shape {dims}, i.e. {want} bytes, "
-                        f"but the file has {len(raw)} (truncated or corrupt)")
+    dims, head = parse_idx_header(path, raw, magic, len(raw))
     return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(dims)
 
 

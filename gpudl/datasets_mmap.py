@@ -15,7 +15,6 @@ decompressed first (``gunzip -k file.gz``).
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -44,28 +43,12 @@ def _file_size(path):
 def idx_header(path, magic):
     """(shape, header bytes) of an IDX file, reading only its header and
     checking the file's size against it; ``magic`` is IDX_IMAGES or IDX_LABELS."""
-    from .datasets import IDX_IMAGES
-    kind = "images" if magic == IDX_IMAGES else "labels"
-    _no_gzip(path, f"IDX {kind}")
+    from .datasets import IDX_IMAGES, parse_idx_header
+    _no_gzip(path, "IDX " + ("images" if magic == IDX_IMAGES else "labels"))
     size = _file_size(path)
-    ndim = magic & 0xFF
-    head = 4 + 4 * ndim
     with open(path, "rb") as f:
-        raw = f.read(head)
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated: {len(raw)} bytes, too short for an IDX header")
-    got = struct.unpack(">I", raw[:4])[0]
-    if got != magic:
-        raise DataError(f"{path}: bad magic number 0x{got:08X}, expected 0x{magic:08X} "
-                        f"(IDX uint8 {kind}); not an IDX {kind} file or images and labels swapped")
-    if len(raw) < head:
-        raise DataError(f"{path}: truncated: {size} bytes, shorter than the {head}-byte IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:head])
-    want = head + int(np.prod(dims, dtype=np.int64))
-    if size != want:
-        raise DataError(f"{path}: size mismatch: the header gives shape {dims}, i.e. {want} bytes, "
-                        f"but the file has {size} (truncated or corrupt)")
-    return tuple(int(d) for d in dims), head
+        raw = f.read(4 + 4 * (magic & 0xFF))
+    return parse_idx_header(path, raw, magic, size)
 
 
 def _decode(raw, dtype, flatten):

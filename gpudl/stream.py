@@ -28,7 +28,7 @@ import numpy as np
 from .data import ArrayDataset, Subset, validation_split_indices
 from .errors import ShapeError
 from .loader import PinnedStaging, Prefetcher, pinned_requested
-from .train_checks import check_arrays
+from .train_checks import check_arrays, metrics_result
 
 STREAM_CHOICES = (True, False, "auto")
 
@@ -335,13 +335,7 @@ def evaluate(trainer, src, batch_size, names=()):
                 outs.append(be.to_numpy(out))
                 ys.append(be.to_numpy(yb))
             n += count
-    m = be.to_numpy(metrics)
-    result = {"loss": float(m[0]) / n}
-    hint = trainer.loss.nonfinite_hint(result["loss"])
-    if hint is not None:
-        raise ValueError(hint)
-    if trainer.loss.has_accuracy:
-        result["accuracy"] = float(m[1]) / n
+    result = metrics_result(trainer.loss, be.to_numpy(metrics), n)
     if names:
         result.update(metrics_mod.compute(names, np.concatenate(outs), np.concatenate(ys)))
     return result

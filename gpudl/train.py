@@ -15,7 +15,7 @@ from .callbacks import CallbackList
 from .data import validation_split_indices
 from .losses import Loss
 from .optim import Optimizer
-from .train_checks import check_arrays, diverged, warn_double_softmax
+from .train_checks import check_arrays, diverged, metrics_result, warn_double_softmax
 
 
 class _RankCallbackList(CallbackList):
@@ -381,7 +381,8 @@ class Trainer:
                 bar.update(count)
                 # divergence is measured against the mean loss of the fit's first
                 # 32 samples (fewer make a noisy reference): one read per fit
-                start_loss = self._loss_start is None and seen >= min(n or self.START_SAMPLES, self.START_SAMPLES)
+                start_loss = (self._loss_start is None
+                              and seen >= min(n or self.START_SAMPLES, self.START_SAMPLES))
                 if batch_hooks or be.reads_are_free:  # the batch's own loss, at once
                     m = self._read_metrics()
                     value = float(m[2]) / count
@@ -461,14 +462,7 @@ class Trainer:
             stop = min(start + batch_size, n)
             out = self.model.forward(xd[start:stop], training=False)
             self.loss.accumulate(out, yd[start:stop], metrics)
-        m = be.to_numpy(metrics)
-        result = {"loss": float(m[0]) / n}
-        hint = self.loss.nonfinite_hint(result["loss"])
-        if hint is not None:
-            raise ValueError(hint)
-        if self.loss.has_accuracy:
-            result["accuracy"] = float(m[1]) / n
-        return result
+        return metrics_result(self.loss, be.to_numpy(metrics), n)
 
     def predict(self, x, batch_size=256):
         """The model's outputs (for a classifier: logits; see predict_proba);

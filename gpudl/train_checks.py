@@ -63,3 +63,16 @@ def check_arrays(model, loss, x, y, what="x"):
         raise ValueError(f"the targets of {what} contain NaN or infinite values")
     loss.check_targets(y, model.output_shape(x.shape[1:]))
     return x, y
+
+
+def metrics_result(loss, m, n) -> dict:
+    """evaluate()'s dict from the device metrics ``m`` read back (summed loss,
+    correct count) over ``n`` samples; a non-finite loss is an error that says
+    what the loss suspects (BinaryCrossEntropy's inputs outside [0, 1], say)."""
+    result = {"loss": float(m[0]) / n}
+    hint = loss.nonfinite_hint(result["loss"])
+    if hint is not None:
+        raise ValueError(hint)
+    if loss.has_accuracy:
+        result["accuracy"] = float(m[1]) / n
+    return result
