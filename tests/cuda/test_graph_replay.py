@@ -36,8 +36,8 @@ def _trainer(model):
     return gpudl.Trainer(model, gpudl.losses.CrossEntropy(), opt)
 
 
-def _fit(trainer, epochs, graph, **kw):
-    x, y = _data()
+def _fit(trainer, epochs, graph, n=10, **kw):
+    x, y = _data(n)
     return trainer.fit(x, y, epochs=epochs, batch_size=4, seed=1, verbose=False, graph=graph,
                        augment=Augment(shift=1, flip=True, seed=2), **kw)
 
@@ -61,26 +61,29 @@ def _assert_same(a, b):
 
 def test_replayed_steps_equal_eager_steps_bit_for_bit(tmp_path):
     """Dropout, augmentation, batch norm, Adam with clipping and a warm-up +
-    cosine schedule; batches of 4, 4 and 2 (the last, smaller one gets its
-    own graph); then a run cut after epoch 2 and resumed, also captured."""
+    cosine schedule; batches of 4 and 2 (the last, smaller one gets its
+    own graph); then a run cut after epoch 2 and resumed, also captured. Six
+    samples, batches of 4 and 2: a shape's steps are eager, captured, then
+    replayed, so three epochs replay both graphs, and every simulated step
+    costs seconds."""
     eager = _trainer(_model())  # every _model() starts from the same seeded weights
-    h_eager = _fit(eager, 3, False)
+    h_eager = _fit(eager, 3, False, n=6)
 
     graphed = _trainer(_model())
-    h_graph = _fit(graphed, 3, True)
+    h_graph = _fit(graphed, 3, True, n=6)
     assert graphed.graph_info["captured"] is True
     assert graphed.graph_info["steps"] == {4: "replayed", 2: "replayed"}
     assert h_graph["loss"] == h_eager["loss"] and h_graph["accuracy"] == h_eager["accuracy"]
     _assert_same(_state(graphed), _state(eager))
     # the run really trained, and dropout and the schedule really moved
     assert not np.array_equal(_state(graphed)["layers.5.W"], _model().state_arrays()["layers.5.W"])
-    assert _state(graphed)["dropout_calls"][0] == 9
+    assert _state(graphed)["dropout_calls"][0] == 6
 
     path = tmp_path / "ck.npz"
     first = _trainer(_model())
-    _fit(first, 2, True, callbacks=[ModelCheckpoint(path)])
+    _fit(first, 2, True, n=6, callbacks=[ModelCheckpoint(path)])
     resumed = _trainer(_model())
-    h_res = _fit(resumed, 3, True, callbacks=[ModelCheckpoint(path)], resume_from=path)
+    h_res = _fit(resumed, 3, True, n=6, callbacks=[ModelCheckpoint(path)], resume_from=path)
     assert h_res["loss"] == h_eager["loss"]
     _assert_same(_state(resumed), _state(eager))
 
@@ -95,7 +98,8 @@ def test_a_changed_setting_is_captured_again():
         box = []
         t = _trainer(_model())
         box.append(t)
-        _fit(t, 2, graph, callbacks=[LambdaCallback(on_epoch_end=lambda e, logs: bump(e, logs, box))])
+        _fit(t, 2, graph, n=8,
+             callbacks=[LambdaCallback(on_epoch_end=lambda e, logs: bump(e, logs, box))])
         runs.append(_state(t))
     _assert_same(runs[0], runs[1])
 
@@ -143,7 +147,7 @@ def _lambda_batch():
 
 
 def test_fallback_rules(monkeypatch):
-    x, y = _data()
+    x, y = _data(4)  # one step an epoch: these fits check the plan, not the steps
     with pytest.raises(ValueError, match="LambdaCallback runs every batch"):
         _trainer(_model()).fit(x, y, batch_size=4, verbose=False, graph=True,
                                callbacks=[_lambda_batch()])
@@ -164,7 +168,7 @@ def test_fallback_rules(monkeypatch):
     monkeypatch.setitem(graphs.AUTO, "simulator", True)
     monkeypatch.setitem(graphs.AUTO, "gpu", True)
     t = _trainer(_model())
-    t.fit(x, y, batch_size=4, epochs=2, verbose=False)
+    t.fit(x, y, batch_size=4, epochs=3, verbose=False)  # eager, captured, replayed
     assert t.graph_info["captured"] is True and t.graph_info["steps"][4] == "replayed"
 
 
