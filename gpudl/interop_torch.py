@@ -142,15 +142,13 @@ def to_torch(model, dtype=None, device="cpu"):
         raise ValueError("to_torch: the gpudl model needs an input_shape (batch norm's 1-D or "
                          "2-D form and the shapes follow from it)")
     net = torch.nn.Sequential(*_chain(model.layers, tuple(model.input_shape), torch))
+    # convert first, then copy: float64 weights must not pass through float32
+    net = net.to(device=device, dtype=dtype if dtype is not None else _torch_dtype(model, torch))
     live = dict(net.named_parameters())
     live.update(dict(net.named_buffers()))
     arrays = state_dict(model)
     if set(arrays) != set(live):  # a bug here, not the user's: the two walks disagree
         raise AssertionError(f"to_torch: keys differ: {sorted(set(arrays) ^ set(live))}")
-    # convert first, then copy: float64 weights must not pass through float32
-    net = net.to(device=device, dtype=dtype if dtype is not None else _torch_dtype(model, torch))
-    live = dict(net.named_parameters())
-    live.update(dict(net.named_buffers()))
     with torch.no_grad():
         for key, value in arrays.items():
             live[key].copy_(torch.from_numpy(np.ascontiguousarray(value)))

@@ -266,13 +266,13 @@ class Sequential:
         x may also be a data set, np.memmap or iterable of batches (gpudl.stream),
         read batch by batch (batch_size None: 256 a batch)."""
         from .stream import is_source, predict as stream_predict
-        if is_source(x) or isinstance(x, np.memmap):
-            return stream_predict(self, x, batch_size)
-        x = np.asarray(x)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
                 batch_size, (int, np.integer)) or batch_size <= 0):
             raise ValueError(f"predict: batch_size must be a positive integer or None, "
                              f"got {batch_size!r}")
+        if is_source(x) or isinstance(x, np.memmap):
+            return stream_predict(self, x, batch_size)
+        x = np.asarray(x)
         check_finite(x, "predict: x")
         if self.input_shape is not None and tuple(x.shape) == tuple(self.input_shape):
             # one sample without its batch axis: refused rather than guessed, since for

@@ -144,6 +144,10 @@ class IterableSource:
         return task
 
 
+def _wrap(x, name):
+    return IndexedSource(x, name) if _is_dataset(x) else IterableSource(x, name)
+
+
 def source(x, y, stream, where, targets=True):
     """The source to stream x (and y) from, or None for the in-memory path
     (then arrays_of gives the arrays). A ValueError when the pair makes no
@@ -156,8 +160,7 @@ def source(x, y, stream, where, targets=True):
                              f"targets: leave y out (y=None)")
         if stream is False or (stream == "auto" and isinstance(x, ArrayDataset) and x.in_memory):
             return None
-        name = f"{where}: {describe(x)}"
-        return IndexedSource(x, name) if _is_dataset(x) else IterableSource(x, name)
+        return _wrap(x, f"{where}: {describe(x)}")
     if y is None and targets:
         raise ValueError(f"{where}: y is missing: x is an array, so give its targets y "
                          f"(or pass a data set that yields (x, y) batches)")
@@ -175,7 +178,7 @@ def arrays_of(x, y):
         return np.asarray(x.x), np.asarray(x.y)
     if not is_source(x):
         return x, y
-    src = IndexedSource(x, describe(x)) if _is_dataset(x) else IterableSource(x, describe(x))
+    src = _wrap(x, describe(x))
     xs, ys = [], []
     for task in src.tasks(None, 4096):
         _, _, item = src.fetch(task)
@@ -372,12 +375,9 @@ def validation(trainer, data, stream, epochs):
 
 
 def predict(model, x, batch_size=None):
-    """Sequential.predict on a data set or an iterable: outputs in its order
-    (batch_size None: 256 a batch, never the whole data set at once)."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
-            batch_size, (int, np.integer)) or batch_size <= 0):
-        raise ValueError(f"predict: batch_size must be a positive integer or None, "
-                         f"got {batch_size!r}")
+    """Sequential.predict on a data set or an iterable (batch_size checked
+    there): outputs in its order (None: 256 a batch, never the whole data set
+    at once)."""
     src = source(x, None, True, "predict", targets=False)
     feed = Feed(model, None, src)
     be = model.backend
